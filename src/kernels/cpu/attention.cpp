@@ -1,0 +1,78 @@
+#include "kernels/cpu/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+
+namespace cepe::kernels {
+
+namespace {
+
+constexpr int64_t kQueryBlock = 64;
+
+// Turns one row of raw scores into attention weights in place (see attention() for the rule).
+void masked_softmax_row(float* s, int64_t limit, int64_t n, const uint8_t* mask) {
+  float m = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (int64_t j = 0; j < limit; ++j) {
+    if (mask && !mask[j]) continue;
+    any = true;
+    m = std::max(m, s[j]);
+  }
+  if (!any) {
+    const float u = limit > 0 ? 1.0f / static_cast<float>(limit) : 0.0f;
+    for (int64_t j = 0; j < limit; ++j) s[j] = u;
+    for (int64_t j = limit; j < n; ++j) s[j] = 0.0f;
+    return;
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < limit; ++j) {
+    if (mask && !mask[j]) { s[j] = 0.0f; continue; }
+    s[j] = std::exp(s[j] - m);
+    sum += s[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t j = 0; j < limit; ++j) s[j] *= inv;
+  for (int64_t j = limit; j < n; ++j) s[j] = 0.0f;
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a) {
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t q_blocks = (a.q_len + kQueryBlock - 1) / kQueryBlock;
+  const int64_t work = a.batch * a.q_heads * q_blocks;
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < work; ++w) {
+      const int64_t qb = w % q_blocks;
+      const int64_t h = (w / q_blocks) % a.q_heads;
+      const int64_t b = w / (q_blocks * a.q_heads);
+      const int64_t g = h / group;
+      const int64_t t0 = qb * kQueryBlock, t1 = std::min(a.q_len, t0 + kQueryBlock);
+      const int64_t rows = t1 - t0;
+      // Keys beyond the last query's causal limit are never needed.
+      const int64_t n = a.causal ? std::min(a.kv_len, a.causal_offset + t1) : a.kv_len;
+      if (n <= 0) continue;
+      scores.resize(static_cast<size_t>(rows * n));
+      const float* q = a.q + (b * a.q_len + t0) * a.q_stride + h * a.head_dim;
+      const float* k = a.k + b * a.kv_batch_stride + g * a.head_dim;
+      const float* v = a.v + b * a.kv_batch_stride + g * a.head_dim;
+      float* out = a.out + (b * a.q_len + t0) * a.out_stride + h * a.head_dim;
+      gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, 0.0f, scores.data(), n);
+      const uint8_t* mask = a.key_mask ? a.key_mask + b * a.mask_batch_stride : nullptr;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t limit = a.causal ? std::min(n, a.causal_offset + t0 + r + 1) : n;
+        masked_softmax_row(scores.data() + r * n, limit, n, mask);
+      }
+      gemm(false, false, rows, a.head_dim, n, 1.0f, scores.data(), n, v, a.kv_stride, 0.0f, out, a.out_stride);
+    }
+  }
+}
+
+}  // namespace cepe::kernels

@@ -1,0 +1,80 @@
+#include "kernels/cpu/gemm.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/half.h"
+
+namespace cepe::kernels {
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
+              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
+namespace {
+
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N, float* y, bool accumulate) {
+  if (M == 1) {
+    // OpenBLAS sends M=1 sgemm down its packed path, 4-6x slower than sgemv (docs/gemm-backend.md).
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(N), static_cast<blasint>(K), 1.0f, W,
+                static_cast<blasint>(K), x, 1, accumulate ? 1.0f : 0.0f, y, 1);
+    return;
+  }
+  gemm(false, true, M, N, K, 1.0f, x, K, W, K, accumulate ? 1.0f : 0.0f, y, N);
+}
+
+// Half-precision weights: widen a block of output rows at a time and multiply it with the BLAS.
+void linear_half(const float* x, int64_t M, int64_t K, const Tensor& W, int64_t N, float* y, bool accumulate) {
+  const int64_t rows_per_tile = std::max<int64_t>(16, std::min<int64_t>(256, (1 << 18) / std::max<int64_t>(K, 1)));
+  const int64_t tiles = (N + rows_per_tile - 1) / rows_per_tile;
+  const auto* w = static_cast<const uint16_t*>(W.raw());
+  const DType dt = W.dtype();
+#pragma omp parallel
+  {
+    std::vector<float> buf(static_cast<size_t>(rows_per_tile * K));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = t * rows_per_tile, r1 = std::min(N, r0 + rows_per_tile);
+      convert_to_f32(dt, w + r0 * K, buf.data(), (r1 - r0) * K);
+      // Inside the parallel region OpenBLAS (OpenMP build) runs single-threaded.
+      gemm(false, true, M, r1 - r0, K, 1.0f, x, K, buf.data(), K, accumulate ? 1.0f : 0.0f, y + r0, N);
+    }
+  }
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, bool accumulate) {
+  check(W.rank() == 2 && W.dim(1) == K,
+        "linear: weight " + shape_str(W.shape()) + " does not take inputs of width " + std::to_string(K));
+  const int64_t N = W.dim(0);
+  if (M == 0 || N == 0) return;
+  switch (W.dtype()) {
+    case DType::F32: linear_f32(x, M, K, W.data<float>(), N, y, accumulate); return;
+    case DType::BF16:
+    case DType::F16: linear_half(x, M, K, W, N, y, accumulate); return;
+    default: throw Error(std::string("linear: unsupported weight dtype ") + dtype_name(W.dtype()));
+  }
+}
+
+void set_num_threads(int n) {
+  if (n <= 0) return;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int num_threads() { return omp_get_max_threads(); }
+
+}  // namespace cepe::kernels

@@ -1,0 +1,21 @@
+#pragma once
+// Matrix products. Weights stay in the checkpoint's layout W: [out, in] (nn.Linear), f32, bf16 or f16;
+// half-precision weights are widened tile by tile into a small per-thread buffer, never as a whole.
+#include <cstdint>
+
+#include "cepe/tensor.h"
+
+namespace cepe::kernels {
+
+// y[M, N] = x[M, K] · W[N, K]ᵀ  (+ y when accumulate). x and y are f32, row-major, dense.
+void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, bool accumulate = false);
+
+// Row-major f32 GEMM: C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C, with leading dimensions.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// Sets the thread count of both OpenMP and the BLAS (no oversubscription). n <= 0 keeps the default.
+void set_num_threads(int n);
+int num_threads();
+
+}  // namespace cepe::kernels

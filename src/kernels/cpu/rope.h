@@ -1,0 +1,24 @@
+#pragma once
+// Rotary position embedding in the LLaMA "rotate half" layout: pairs (x[j], x[j + d/2]).
+#include <cstdint>
+#include <vector>
+
+#include "cepe/config.h"
+
+namespace cepe::kernels {
+
+// Inverse frequencies and position scale for one attention call, following the reference's rotary classes:
+// plain (1/theta^(2i/d)), linear (positions divided by factor), dynamic NTK (theta rescaled once the
+// sequence seen so far, `seq_len`, exceeds max_position_embeddings).
+struct Rope {
+  std::vector<float> inv_freq;  // [d/2]
+  float position_divisor = 1.0f;
+
+  static Rope make(const LlamaConfig& cfg, int64_t seq_len);
+};
+
+// x: [rows, heads, d] with row stride `row_stride` floats; pos: [rows]. Rotates in place.
+void apply_rope(float* x, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos,
+                const Rope& rope);
+
+}  // namespace cepe::kernels

@@ -1,0 +1,234 @@
+#include "cepe/model.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "kernels/cpu/gemm.h"
+#include "model/kv_cache.h"
+#include "model/transformer.h"
+#include "model/weight_store.h"
+
+namespace cepe {
+
+struct ModelImpl {
+  std::string dir;
+  CepeConfig cfg;
+  WeightStore store;
+  TrunkWeights decoder;
+  TrunkWeights encoder;  // empty when encoder_is_model or no encoder
+  Tensor lm_head;        // [V, hidden]; the embedding matrix when tied
+  size_t weight_bytes = 0;
+};
+
+CepeModel::CepeModel() = default;
+CepeModel::~CepeModel() = default;
+
+std::shared_ptr<CepeModel> CepeModel::load(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) throw Error(dir + ": model directory not found");
+  std::shared_ptr<CepeModel> m(new CepeModel());
+  m->impl_ = std::make_unique<ModelImpl>();
+  ModelImpl& im = *m->impl_;
+  im.dir = dir;
+  im.cfg = load_cepe_config((fs::path(dir) / "config.json").string());
+  im.store = WeightStore::open(dir);
+  const CepeConfig& c = im.cfg;
+
+  std::vector<bool> cross(static_cast<size_t>(c.decoder.num_hidden_layers));
+  for (int64_t i = 0; i < c.decoder.num_hidden_layers; ++i) cross[static_cast<size_t>(i)] = c.has_cross(i);
+  im.decoder = load_trunk(im.store, "model.", c.decoder, cross, c.encoder_hidden_size);
+  if (c.has_encoder && c.do_cross_attention && c.num_cross_attn_layers > 0) {
+    im.encoder = load_trunk(im.store, "encoder.", c.encoder,
+                            std::vector<bool>(static_cast<size_t>(c.encoder.num_hidden_layers), false), 0);
+  }
+  // Tied embeddings: HF ties lm_head to embed_tokens and save_pretrained drops lm_head.weight.
+  if (c.decoder.tie_word_embeddings) {
+    im.lm_head = im.decoder.embed;
+    if (im.store.has("lm_head.weight")) im.store.get("lm_head.weight", {c.decoder.vocab_size, c.decoder.hidden_size});
+  } else {
+    im.lm_head = im.store.get("lm_head.weight", {c.decoder.vocab_size, c.decoder.hidden_size});
+  }
+  std::vector<std::string> extra;
+  for (const std::string& n : im.store.unused())
+    if (n.find("rotary_emb.inv_freq") == std::string::npos) extra.push_back(n);
+  if (!extra.empty())
+    std::fprintf(stderr, "warning: %s: %zu tensor(s) not used by this config, e.g. '%s'\n", dir.c_str(), extra.size(),
+                 extra[0].c_str());
+  return m;
+}
+
+const CepeConfig& CepeModel::config() const { return impl_->cfg; }
+const std::string& CepeModel::dir() const { return impl_->dir; }
+bool CepeModel::has_context_encoder() const {
+  const CepeConfig& c = impl_->cfg;
+  return c.do_cross_attention && c.num_cross_attn_layers > 0;
+}
+
+static void check_ids(const int32_t* ids, int64_t n, int64_t vocab, const std::string& what) {
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      throw Error(what + ": token id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
+                  " is out of range [0, " + std::to_string(vocab) + ")");
+}
+
+void CepeModel::check_decoder_ids(const int32_t* ids, int64_t n, const std::string& what) const {
+  check_ids(ids, n, impl_->cfg.decoder.vocab_size, what);
+}
+
+void CepeModel::check_encoder_ids(const int32_t* ids, int64_t n, const std::string& what) const {
+  check_ids(ids, n, impl_->cfg.encoder_trunk().vocab_size, what);
+}
+
+EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_ids, const uint8_t* query_mask,
+                                 int64_t query_stride) const {
+  const ModelImpl& im = *impl_;
+  const CepeConfig& c = im.cfg;
+  check(has_context_encoder(), im.dir + ": this model has no cross-attention layers, so it cannot read a context");
+  const int64_t B = ch.batch, n = ch.n_ctx, len = ch.ctx_len;
+  check(static_cast<int64_t>(ch.ids.size()) == B * n * len && static_cast<int64_t>(ch.mask.size()) == B * n * len,
+        "context chunks: ids/mask sizes do not match [batch, n_ctx, ctx_len]");
+  check_encoder_ids(ch.ids.data(), B * n * len, "encoder_input_ids");
+
+  // with_query modes: append the first N decoder tokens (and their mask) to every chunk before encoding.
+  const bool with_query = c.encode_mode != EncodeMode::ContextOnly;
+  const int64_t nq = with_query ? c.encode_query_tokens : 0;
+  if (with_query) {
+    check(query_ids != nullptr, "encode_mode " + c.encode_mode_name + " needs the decoder input");
+    check(nq <= query_stride, "encode_mode " + c.encode_mode_name + ": query length " + std::to_string(nq) +
+                                  " is longer than input_ids (" + std::to_string(query_stride) + " tokens)");
+  }
+  const int64_t L = len + nq, rows = B * n;
+  std::vector<int32_t> ids(static_cast<size_t>(rows * L));
+  std::vector<uint8_t> mask(static_cast<size_t>(rows * L));
+  std::vector<int64_t> pos(static_cast<size_t>(rows * L));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t r = b * n + j;
+      for (int64_t t = 0; t < len; ++t) {
+        ids[static_cast<size_t>(r * L + t)] = ch.ids[static_cast<size_t>(r * len + t)];
+        mask[static_cast<size_t>(r * L + t)] = ch.mask[static_cast<size_t>(r * len + t)];
+      }
+      for (int64_t t = 0; t < nq; ++t) {
+        ids[static_cast<size_t>(r * L + len + t)] = query_ids[b * query_stride + t];
+        mask[static_cast<size_t>(r * L + len + t)] = query_mask ? query_mask[b * query_stride + t] : 1;
+      }
+      for (int64_t t = 0; t < L; ++t) pos[static_cast<size_t>(r * L + t)] = t;
+    }
+
+  const bool all_entries = c.num_cross_attn_hidden_states > 1;
+  std::vector<Tensor> entries;
+  TrunkCall call;
+  call.ids = ids.data();
+  call.batch = rows;
+  call.len = L;
+  call.positions = pos.data();
+  call.key_mask = mask.data();
+  // The encoder is bidirectional; encoder_is_model reuses the decoder trunk, which stays causal.
+  call.causal = c.encoder_is_model;
+  call.all_hidden = all_entries ? &entries : nullptr;
+  const LlamaConfig& ecfg = c.encoder_trunk();
+  const TrunkWeights& ew = c.encoder_is_model ? im.decoder : im.encoder;
+  Tensor last = trunk_forward(ecfg, ew, call);
+  if (!all_entries) entries.push_back(last);
+
+  // with_query_no_hid: drop the query positions again and keep the original chunk mask.
+  const bool drop_query = c.encode_mode == EncodeMode::WithQueryNoHid;
+  const int64_t keep = drop_query ? len : L;
+  const int64_t de = ecfg.hidden_size;
+  EncodedContext out;
+  out.batch = B;
+  out.n_ctx = n;
+  out.ctx_len = keep;
+  for (const Tensor& e : entries) {
+    if (keep == L) {
+      out.states.push_back(e.reshape({B, n * L, de}));
+      continue;
+    }
+    Tensor s = Tensor::empty(DType::F32, {B, n * keep, de});
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(e.f32() + r * L * de, e.f32() + (r * L + keep) * de, s.f32() + r * keep * de);
+    out.states.push_back(s);
+  }
+  out.mask = Tensor::empty(DType::U8, {B, n * keep});
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 0; t < keep; ++t) out.mask.data<uint8_t>()[r * keep + t] = mask[static_cast<size_t>(r * L + t)];
+  return out;
+}
+
+Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const int64_t* positions,
+                         const uint8_t* attn_mask, KVCache* cache, EncodedContext* ctx, bool last_only) const {
+  const ModelImpl& im = *impl_;
+  const CepeConfig& c = im.cfg;
+  check_decoder_ids(ids, batch * len, "input_ids");
+  CrossInput ci;
+  if (ctx) {
+    check(has_context_encoder(), im.dir + ": this model has no cross-attention layers, so it cannot read a context");
+    check(ctx->batch == batch, "encoded context has " + std::to_string(ctx->batch) + " rows, decoder input has " +
+                                   std::to_string(batch));
+    const int64_t L = c.decoder.num_hidden_layers;
+    const int64_t E1 = static_cast<int64_t>(ctx->states.size());
+    ci.states.assign(static_cast<size_t>(L), nullptr);
+    for (int64_t i = 0; i < L; ++i) {
+      if (!c.has_cross(i)) continue;
+      // Spec §1.6: layer i reads entry [i - L] (Python negative index, clamped at -L) of the E+1 entries.
+      const int64_t idx = E1 == 1 ? 0 : E1 + std::max(i - L, -L);
+      check(idx >= 0 && idx < E1, "encoded context has too few hidden-state entries for layer " + std::to_string(i));
+      ci.states[static_cast<size_t>(i)] = &ctx->states[static_cast<size_t>(idx)];
+    }
+    ci.mask = ctx->mask.data<uint8_t>();
+    ci.keys = ctx->keys();
+    if (ctx->cross_k.size() != static_cast<size_t>(L)) {
+      ctx->cross_k.assign(static_cast<size_t>(L), Tensor());
+      ctx->cross_v.assign(static_cast<size_t>(L), Tensor());
+    }
+    ci.kv_cache_k = &ctx->cross_k;
+    ci.kv_cache_v = &ctx->cross_v;
+  }
+  TrunkCall call;
+  call.ids = ids;
+  call.batch = batch;
+  call.len = len;
+  call.positions = positions;
+  call.key_mask = attn_mask;
+  call.causal = true;
+  call.cache = cache;
+  call.cross = ctx ? &ci : nullptr;
+  Tensor h = trunk_forward(c.decoder, im.decoder, call);
+
+  const int64_t d = c.decoder.hidden_size, V = c.decoder.vocab_size;
+  if (last_only) {
+    Tensor last = Tensor::empty(DType::F32, {batch, d});
+    for (int64_t b = 0; b < batch; ++b)
+      std::copy(h.f32() + ((b + 1) * len - 1) * d, h.f32() + (b + 1) * len * d, last.f32() + b * d);
+    Tensor logits = Tensor::empty(DType::F32, {batch, 1, V});
+    kernels::linear(last.f32(), batch, d, im.lm_head, logits.f32());
+    return logits;
+  }
+  Tensor logits = Tensor::empty(DType::F32, {batch, len, V});
+  kernels::linear(h.f32(), batch * len, d, im.lm_head, logits.f32());
+  return logits;
+}
+
+std::unique_ptr<KVCache> CepeModel::make_cache(int64_t batch, int64_t capacity) const {
+  const LlamaConfig& d = impl_->cfg.decoder;
+  return std::make_unique<KVCache>(d.num_hidden_layers, batch, capacity, d.kv_dim());
+}
+
+size_t CepeModel::weight_bytes() const {
+  size_t n = 0;
+  auto add_trunk = [&](const TrunkWeights& w) {
+    if (!w.embed.defined()) return;
+    n += w.embed.nbytes() + w.norm.nbytes();
+    for (const LayerWeights& l : w.layers) {
+      n += l.input_norm.nbytes() + l.post_norm.nbytes() + l.self_attn.q.nbytes() + l.self_attn.k.nbytes() +
+           l.self_attn.v.nbytes() + l.self_attn.o.nbytes() + l.gate.nbytes() + l.up.nbytes() + l.down.nbytes();
+      if (l.cross) n += l.cross->norm.nbytes() + l.cross->q.nbytes() + l.cross->k.nbytes() + l.cross->v.nbytes() + l.cross->o.nbytes();
+    }
+  };
+  add_trunk(impl_->decoder);
+  add_trunk(impl_->encoder);
+  if (!impl_->cfg.decoder.tie_word_embeddings) n += impl_->lm_head.nbytes();
+  return n;
+}
+
+}  // namespace cepe

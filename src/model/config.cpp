@@ -1,0 +1,206 @@
+#include "cepe/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cepe/error.h"
+
+namespace cepe {
+
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void fail(const std::string& origin, const std::string& msg) { throw Error(origin + ": " + msg); }
+
+int64_t get_int(const json& j, const char* key, int64_t def, const std::string& origin, bool required = false) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) {
+    if (required) fail(origin, std::string("missing required key '") + key + "'");
+    return def;
+  }
+  if (it->is_number_integer()) return it->get<int64_t>();
+  if (it->is_number_float()) {
+    double v = it->get<double>();
+    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
+  }
+  fail(origin, std::string("key '") + key + "' must be an integer, got " + it->dump());
+}
+
+double get_num(const json& j, const char* key, double def, const std::string& origin) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return def;
+  if (!it->is_number()) fail(origin, std::string("key '") + key + "' must be a number, got " + it->dump());
+  return it->get<double>();
+}
+
+bool get_bool(const json& j, const char* key, bool def, const std::string& origin) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return def;
+  if (!it->is_boolean()) fail(origin, std::string("key '") + key + "' must be true or false, got " + it->dump());
+  return it->get<bool>();
+}
+
+std::string get_str(const json& j, const char* key, const std::string& def, const std::string& origin) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return def;
+  if (!it->is_string()) fail(origin, std::string("key '") + key + "' must be a string, got " + it->dump());
+  return it->get<std::string>();
+}
+
+void require_positive(int64_t v, const char* key, const std::string& origin) {
+  if (v <= 0) fail(origin, std::string("key '") + key + "' must be positive, got " + std::to_string(v));
+}
+
+}  // namespace
+
+LlamaConfig parse_llama_config(const json& j, const std::string& origin) {
+  if (!j.is_object()) fail(origin, "config must be a JSON object");
+  LlamaConfig c;
+  c.vocab_size = get_int(j, "vocab_size", 32000, origin);
+  c.hidden_size = get_int(j, "hidden_size", 4096, origin);
+  c.intermediate_size = get_int(j, "intermediate_size", 11008, origin);
+  c.num_hidden_layers = get_int(j, "num_hidden_layers", 32, origin);
+  c.num_attention_heads = get_int(j, "num_attention_heads", 32, origin);
+  // HF LlamaConfig: num_key_value_heads defaults to num_attention_heads.
+  c.num_key_value_heads = get_int(j, "num_key_value_heads", c.num_attention_heads, origin);
+  c.max_position_embeddings = get_int(j, "max_position_embeddings", 2048, origin);
+  c.rms_norm_eps = get_num(j, "rms_norm_eps", 1e-6, origin);
+  c.rope_theta = get_num(j, "rope_theta", 10000.0, origin);
+  c.pretraining_tp = get_int(j, "pretraining_tp", 1, origin);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, origin);
+  c.bos_token_id = get_int(j, "bos_token_id", 1, origin);
+  c.eos_token_id = get_int(j, "eos_token_id", 2, origin);
+  if (j.contains("pad_token_id") && !j["pad_token_id"].is_null()) c.pad_token_id = get_int(j, "pad_token_id", 0, origin);
+
+  for (auto [key, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+                        {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
+                        {"num_attention_heads", c.num_attention_heads},
+                        {"num_key_value_heads", c.num_key_value_heads},
+                        {"max_position_embeddings", c.max_position_embeddings},
+                        {"pretraining_tp", c.pretraining_tp}})
+    require_positive(v, key, origin);
+  if (c.hidden_size % c.num_attention_heads != 0)
+    fail(origin, "hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
+                     std::to_string(c.num_attention_heads));
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    fail(origin, "num_attention_heads " + std::to_string(c.num_attention_heads) +
+                     " is not a multiple of num_key_value_heads " + std::to_string(c.num_key_value_heads));
+  if (c.head_dim() % 2 != 0) fail(origin, "head dimension " + std::to_string(c.head_dim()) + " must be even for RoPE");
+  if (!(c.rms_norm_eps > 0)) fail(origin, "rms_norm_eps must be positive");
+  if (!(c.rope_theta > 0)) fail(origin, "rope_theta must be positive");
+
+  const std::string act = get_str(j, "hidden_act", "silu", origin);
+  if (act != "silu" && act != "swish")
+    fail(origin, "unsupported hidden_act '" + act + "' (supported: silu)");
+
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    const json& rs = j["rope_scaling"];
+    // Same rule as the reference's LlamaConfig: {"type": linear|dynamic, "factor": float > 1}.
+    if (!rs.is_object()) fail(origin, "rope_scaling must be null or an object, got " + rs.dump());
+    const std::string type = get_str(rs, "type", "", origin);
+    if (type == "linear") c.rope_scaling.type = RopeScalingType::Linear;
+    else if (type == "dynamic") c.rope_scaling.type = RopeScalingType::Dynamic;
+    else fail(origin, "unsupported rope_scaling type '" + type + "' (supported: linear, dynamic)");
+    if (!rs.contains("factor") || !rs["factor"].is_number())
+      fail(origin, "rope_scaling.factor must be a number");
+    c.rope_scaling.factor = rs["factor"].get<double>();
+    if (!(c.rope_scaling.factor > 1.0))
+      fail(origin, "rope_scaling.factor must be > 1, got " + rs["factor"].dump());
+  }
+  return c;
+}
+
+CepeConfig parse_cepe_config(const json& j, const std::string& origin) {
+  CepeConfig c;
+  c.decoder = parse_llama_config(j, origin);
+  c.do_cross_attention = get_bool(j, "do_cross_attention", false, origin);
+  c.num_cross_attn_layers = get_int(j, "num_cross_attn_layers", 0, origin);
+  c.num_cross_attn_hidden_states = get_int(j, "num_cross_attn_hidden_states", 1, origin);
+  c.encoder_is_model = get_bool(j, "encoder_is_model", false, origin);
+  c.train_encoder = get_bool(j, "train_encoder", false, origin);
+  c.lm_loss_cof = get_num(j, "lm_loss_cof", 1.0, origin);
+  c.kl_loss_cof = get_num(j, "kl_loss_cof", 1.0, origin);
+  c.kl_loss_mode = get_str(j, "kl_loss_mode", "smooth", origin);
+  c.train_batch_mode = get_str(j, "train_batch_mode", "none", origin);
+  c.offload_hidden_states = get_bool(j, "offload_hidden_states", false, origin);
+
+  if (c.num_cross_attn_layers < 0 || c.num_cross_attn_layers > c.decoder.num_hidden_layers)
+    fail(origin, "num_cross_attn_layers " + std::to_string(c.num_cross_attn_layers) + " must be in [0, " +
+                     std::to_string(c.decoder.num_hidden_layers) + "]");
+  if (c.train_batch_mode != "none" && c.train_batch_mode != "in_batch_negative")
+    fail(origin, "unsupported train_batch_mode '" + c.train_batch_mode + "' (supported: none, in_batch_negative)");
+  if (c.kl_loss_mode != "drop" && c.kl_loss_mode != "smooth" && c.kl_loss_mode.rfind("smooth_", 0) != 0)
+    fail(origin, "unsupported kl_loss_mode '" + c.kl_loss_mode + "' (supported: drop, smooth_<delta>)");
+
+  // encode_mode: context_only | with_query-N | with_query_no_hid-N (the reference matches by substring;
+  // anything else is rejected here instead of silently meaning context_only).
+  c.encode_mode_name = get_str(j, "encode_mode", "context_only", origin);
+  const std::string& m = c.encode_mode_name;
+  auto parse_n = [&](const std::string& prefix) {
+    const std::string n = m.substr(prefix.size());
+    if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos || n.size() > 6)
+      fail(origin, "encode_mode '" + m + "': expected " + prefix + "N with N a positive integer");
+    int64_t v = std::stoll(n);
+    if (v <= 0) fail(origin, "encode_mode '" + m + "': N must be positive");
+    return v;
+  };
+  if (m == "context_only") {
+    c.encode_mode = EncodeMode::ContextOnly;
+  } else if (m.rfind("with_query_no_hid-", 0) == 0) {
+    c.encode_mode = EncodeMode::WithQueryNoHid;
+    c.encode_query_tokens = parse_n("with_query_no_hid-");
+  } else if (m.rfind("with_query-", 0) == 0) {
+    c.encode_mode = EncodeMode::WithQuery;
+    c.encode_query_tokens = parse_n("with_query-");
+  } else {
+    fail(origin, "unsupported encode_mode '" + m + "' (supported: context_only, with_query-N, with_query_no_hid-N)");
+  }
+
+  const bool wants_encoder = c.do_cross_attention && c.num_cross_attn_layers > 0;
+  if (c.encoder_is_model) {
+    c.has_encoder = false;
+  } else if (j.contains("encoder_config") && !j["encoder_config"].is_null()) {
+    c.encoder = parse_llama_config(j["encoder_config"], origin + " (encoder_config)");
+    c.has_encoder = true;
+  } else if (wants_encoder) {
+    fail(origin, "do_cross_attention is true but there is no encoder_config (and encoder_is_model is false)");
+  }
+  const int64_t enc_width = c.encoder_is_model ? c.decoder.hidden_size : (c.has_encoder ? c.encoder.hidden_size : 0);
+  c.encoder_hidden_size = get_int(j, "encoder_hidden_size", c.decoder.hidden_size, origin);
+  if (wants_encoder && c.encoder_hidden_size != enc_width)
+    fail(origin, "encoder_hidden_size " + std::to_string(c.encoder_hidden_size) +
+                     " does not match the encoder's hidden_size " + std::to_string(enc_width));
+
+  if (c.num_cross_attn_hidden_states < 1)
+    fail(origin, "num_cross_attn_hidden_states must be >= 1");
+  if (wants_encoder && c.num_cross_attn_hidden_states > 1) {
+    // Decoder layer i reads encoder entry [i - L] of the E+1 entries (spec §1.6), so the cross-attention
+    // layers must not reach further back than the encoder has entries.
+    const int64_t entries = c.encoder_trunk().num_hidden_layers + 1;
+    if (c.num_cross_attn_layers > entries)
+      fail(origin, "num_cross_attn_hidden_states > 1 with num_cross_attn_layers " +
+                       std::to_string(c.num_cross_attn_layers) + " needs an encoder with at least " +
+                       std::to_string(c.num_cross_attn_layers - 1) + " layers (found " +
+                       std::to_string(entries - 1) + ")");
+  }
+  return c;
+}
+
+CepeConfig load_cepe_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(path + ": cannot open config");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw Error(path + ": malformed JSON: " + e.what());
+  }
+  return parse_cepe_config(j, path);
+}
+
+}  // namespace cepe

@@ -1,0 +1,82 @@
+#include "args.h"
+
+#include <cctype>
+#include <cerrno>
+#include <cstdlib>
+
+#include "cepe/error.h"
+
+namespace cepe::cli {
+
+Args::Args(int argc, char** argv, const std::vector<std::vector<std::string>>& valued,
+           const std::vector<std::vector<std::string>>& flags) {
+  std::map<std::string, bool> takes_value;
+  for (const auto& names : valued)
+    for (const auto& n : names) canonical_[n] = names[0], takes_value[n] = true;
+  for (const auto& names : flags)
+    for (const auto& n : names) canonical_[n] = names[0], takes_value[n] = false;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.size() > 1 && a[0] == '-' && !(a.size() > 1 && (std::isdigit(static_cast<unsigned char>(a[1])) || a[1] == '.'))) {
+      std::string value;
+      bool inline_value = false;
+      if (auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
+        value = a.substr(eq + 1);
+        a = a.substr(0, eq);
+        inline_value = true;
+      }
+      auto it = canonical_.find(a);
+      if (it == canonical_.end()) throw Error("unknown option '" + a + "'");
+      if (takes_value[a]) {
+        if (!inline_value) {
+          if (i + 1 >= argc) throw Error("option '" + a + "' needs a value");
+          value = argv[++i];
+        }
+        values_[it->second].push_back(value);
+      } else {
+        if (inline_value) throw Error("option '" + a + "' takes no value");
+        values_[it->second].push_back("1");
+      }
+    } else {
+      positional_.push_back(a);
+    }
+  }
+}
+
+bool Args::has(const std::string& name) const { return values_.count(canonical_.at(name)) != 0; }
+
+std::string Args::str(const std::string& name, const std::string& def) const {
+  auto it = values_.find(canonical_.at(name));
+  return it == values_.end() ? def : it->second.back();
+}
+
+std::string Args::required(const std::string& name) const {
+  if (!has(name)) throw Error("missing required option " + name);
+  return str(name);
+}
+
+std::vector<std::string> Args::all(const std::string& name) const {
+  auto it = values_.find(canonical_.at(name));
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+long long Args::integer(const std::string& name, long long def) const {
+  if (!has(name)) return def;
+  const std::string s = str(name);
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || errno == ERANGE) throw Error("option " + name + ": '" + s + "' is not an integer");
+  return v;
+}
+
+double Args::number(const std::string& name, double def) const {
+  if (!has(name)) return def;
+  const std::string s = str(name);
+  char* end = nullptr;
+  double v = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0') throw Error("option " + name + ": '" + s + "' is not a number");
+  return v;
+}
+
+}  // namespace cepe::cli

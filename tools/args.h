@@ -1,0 +1,30 @@
+#pragma once
+// A small command-line parser: named options with values, flags, repeatable options and positionals.
+// Unknown options, missing values and malformed numbers are errors that name the option.
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cepe::cli {
+
+class Args {
+ public:
+  // `spec`: option names that take a value (e.g. {"-m", "--model"}) and flags (no value).
+  Args(int argc, char** argv, const std::vector<std::vector<std::string>>& valued,
+       const std::vector<std::vector<std::string>>& flags);
+
+  bool has(const std::string& name) const;
+  std::string str(const std::string& name, const std::string& def = "") const;
+  std::string required(const std::string& name) const;
+  std::vector<std::string> all(const std::string& name) const;
+  long long integer(const std::string& name, long long def) const;
+  double number(const std::string& name, double def) const;
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::map<std::string, std::string> canonical_;  // alias -> first spelling
+  std::map<std::string, std::vector<std::string>> values_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace cepe::cli

@@ -1,0 +1,9 @@
+#pragma once
+// One function per `cepe` subcommand; argv excludes the program and subcommand names.
+namespace cepe::cli {
+
+int cmd_forward(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+
+}  // namespace cepe::cli
