@@ -84,6 +84,7 @@ class RandomIds {
       const std::string p = tok.piece(id);
       if (p.size() == 1 && static_cast<unsigned char>(p[0]) >= 0x80) bytes_.push_back(id);
       else if (!p.empty() && p[0] == ' ') spaced_.push_back(id);
+      if (p == " ") special_.push_back(id);  // the lone space piece has its own first-piece rules
     }
   }
   std::vector<int32_t> operator()(std::mt19937& rng, int max_len) const {
@@ -343,6 +344,28 @@ TEST(StreamDecoder, DropsLeadingSpaceOfFirstPieceOnly) {
   EXPECT_EQ(out, "in in");
   dec.reset();
   EXPECT_EQ(dec.push(ids.front()), "in");
+}
+
+TEST(StreamDecoder, LoneSpacePieceAndControlPieces) {
+  // decode() drops the leading space of the first piece only: a lone "▁" first piece becomes "" and the next
+  // piece keeps its space, with or without control pieces in between.
+  const Tokenizer& tok = tiny();
+  const auto in = tok.encode("in", false);
+  ASSERT_EQ(in.size(), 1u);
+  int32_t space = -1;
+  for (int32_t id = 0; id < tok.vocab_size(); ++id)
+    if (tok.piece(id) == " ") space = id;
+  ASSERT_GE(space, 0);
+  const int32_t bos = tok.bos_id(), eos = tok.eos_id();
+  for (const std::vector<int32_t>& ids :
+       {std::vector<int32_t>{space, in[0]}, {space, eos, in[0]}, {bos, space, bos, space, in[0]},
+        {space, space, in[0]}, {eos, space, eos, eos, in[0], space}}) {
+    std::vector<std::string> chunks;
+    EXPECT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << testing::PrintToString(ids);
+  }
+  EXPECT_EQ(tok.decode({space, in[0]}), " in");
+  EXPECT_EQ(tok.decode({space, eos, in[0]}), " in");
+  EXPECT_EQ(tok.decode({bos, in[0]}), "in");
 }
 
 TEST(StreamDecoder, IncompleteBytesFlushAsReplacement) {
