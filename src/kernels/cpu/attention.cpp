@@ -45,7 +45,9 @@ void attention(const AttentionArgs& a) {
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t q_blocks = (a.q_len + kQueryBlock - 1) / kQueryBlock;
   const int64_t work = a.batch * a.q_heads * q_blocks;
-#pragma omp parallel
+  // Small problems (a decode step of a tiny model) cost less than waking the thread team.
+  const bool parallel = work > 1 && work * a.kv_len * a.head_dim > (1 << 16);
+#pragma omp parallel if (parallel)
   {
     std::vector<float> scores;
 #pragma omp for schedule(dynamic, 1)
@@ -64,13 +66,20 @@ void attention(const AttentionArgs& a) {
       const float* k = a.k + b * a.kv_batch_stride + g * a.head_dim;
       const float* v = a.v + b * a.kv_batch_stride + g * a.head_dim;
       float* out = a.out + (b * a.q_len + t0) * a.out_stride + h * a.head_dim;
-      gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, 0.0f, scores.data(), n);
+      const bool one_row = rows == 1;  // decode: GEMV, which streams K/V without packing them
+      if (one_row)
+        gemv(false, n, a.head_dim, a.scale, k, a.kv_stride, q, scores.data());
+      else
+        gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, 0.0f, scores.data(), n);
       const uint8_t* mask = a.key_mask ? a.key_mask + b * a.mask_batch_stride : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t limit = a.causal ? std::min(n, a.causal_offset + t0 + r + 1) : n;
         masked_softmax_row(scores.data() + r * n, limit, n, mask);
       }
-      gemm(false, false, rows, a.head_dim, n, 1.0f, scores.data(), n, v, a.kv_stride, 0.0f, out, a.out_stride);
+      if (one_row)
+        gemv(true, n, a.head_dim, 1.0f, v, a.kv_stride, scores.data(), out);
+      else
+        gemm(false, false, rows, a.head_dim, n, 1.0f, scores.data(), n, v, a.kv_stride, 0.0f, out, a.out_stride);
     }
   }
 }

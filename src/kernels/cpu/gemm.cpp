@@ -23,6 +23,16 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
 }
 
+void gemv(bool trans, int64_t M, int64_t N, float alpha, const float* A, int64_t lda, const float* x, float* y) {
+  if (M == 0 || N == 0) {
+    if (trans) std::fill(y, y + N, 0.0f);
+    else std::fill(y, y + M, 0.0f);
+    return;
+  }
+  cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha,
+              A, static_cast<blasint>(lda), x, 1, 0.0f, y, 1);
+}
+
 namespace {
 
 void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N, float* y, bool accumulate) {

@@ -14,6 +14,10 @@ void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, boo
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Row-major f32 GEMV: y = alpha * op(A) x, A: [M, N] with leading dimension lda; op(A) = Aᵀ when trans
+// (then x has M entries and y has N).
+void gemv(bool trans, int64_t M, int64_t N, float alpha, const float* A, int64_t lda, const float* x, float* y);
+
 // Sets the thread count of both OpenMP and the BLAS (no oversubscription). n <= 0 keeps the default.
 void set_num_threads(int n);
 int num_threads();
