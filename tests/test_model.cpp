@@ -338,3 +338,39 @@ TEST(Sampler, TopPKeepsTheNucleus) {
 
 }  // namespace
 }  // namespace cepe
+
+namespace cepe {
+namespace {
+
+// A bf16 checkpoint is used as stored (weights widened per tile inside the kernels) and gives the logits
+// of an f32 checkpoint holding the same bf16-rounded values.
+TEST(HalfPrecision, Bf16AndF16CheckpointsMatchRoundedF32) {
+  namespace fs = std::filesystem;
+  const std::string src = data_dir("ref-gqa");
+  SafeTensors st = SafeTensors::open(src + "/model.safetensors");
+  for (DType half : {DType::BF16, DType::F16}) {
+    const fs::path root = fs::temp_directory_path() / ("cepe-half-" + std::to_string(::getpid()));
+    const fs::path dh = root / "half", dr = root / "rounded";
+    fs::create_directories(dh);
+    fs::create_directories(dr);
+    std::map<std::string, Tensor> h, r;
+    for (const std::string& n : st.names()) {
+      h[n] = st.get(n).to(half);
+      r[n] = h[n].to(DType::F32);
+    }
+    save_safetensors((dh / "model.safetensors").string(), h);
+    save_safetensors((dr / "model.safetensors").string(), r);
+    fs::copy_file(src + "/config.json", dh / "config.json");
+    fs::copy_file(src + "/config.json", dr / "config.json");
+    auto mh = CepeModel::load(dh.string());
+    auto mr = CepeModel::load(dr.string());
+    EXPECT_LT(mh->weight_bytes(), mr->weight_bytes() * 6 / 10);  // kept in half precision
+    Golden g(src);
+    Tensor a = forward(*mh, g, true), b = forward(*mr, g, true);
+    EXPECT_LT(max_abs_diff(a, b), 1e-5f) << dtype_name(half);
+    fs::remove_all(root);
+  }
+}
+
+}  // namespace
+}  // namespace cepe
