@@ -50,11 +50,12 @@ class CepeModel {
   EncodedContext encode(const ContextChunks& chunks, const int32_t* query_ids = nullptr,
                         const uint8_t* query_mask = nullptr, int64_t query_stride = 0) const;
 
-  // Decoder on T new tokens per row: ids/positions [B, T]; attn_mask [B, past+T] (null = all ones);
+  // Decoder on T new tokens per row: ids/positions [B, T]; attn_mask [B, past+T] with row stride
+  // `mask_stride` (0 = past+T; null mask = all ones);
   // `cache` (may be null) holds the past; `ctx` (may be null) is the encoded context.
   // Returns logits [B, T, V], or [B, 1, V] for the last position only when `last_only`.
   Tensor decode(const int32_t* ids, int64_t batch, int64_t len, const int64_t* positions, const uint8_t* attn_mask,
-                KVCache* cache, EncodedContext* ctx, bool last_only = false) const;
+                KVCache* cache, EncodedContext* ctx, bool last_only = false, int64_t mask_stride = 0) const;
 
   // A KV cache sized for `capacity` positions of `batch` rows.
   std::unique_ptr<KVCache> make_cache(int64_t batch, int64_t capacity) const;

@@ -156,7 +156,7 @@ EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_i
 }
 
 Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const int64_t* positions,
-                         const uint8_t* attn_mask, KVCache* cache, EncodedContext* ctx, bool last_only) const {
+                         const uint8_t* attn_mask, KVCache* cache, EncodedContext* ctx, bool last_only, int64_t mask_stride) const {
   const ModelImpl& im = *impl_;
   const CepeConfig& c = im.cfg;
   check_decoder_ids(ids, batch * len, "input_ids");
@@ -190,6 +190,7 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
   call.len = len;
   call.positions = positions;
   call.key_mask = attn_mask;
+  call.key_mask_stride = mask_stride;
   call.causal = true;
   call.cache = cache;
   call.cross = ctx ? &ci : nullptr;

@@ -102,7 +102,7 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
     a.kv_len = T;
   }
   a.key_mask = call.key_mask;
-  a.mask_batch_stride = a.kv_len;
+  a.mask_batch_stride = call.key_mask_stride > 0 ? call.key_mask_stride : a.kv_len;
   kernels::attention(a);
   Tensor o = std::move(q);  // reuse: o_proj output has width d, q has width qd == d
   kernels::linear(att.f32(), BT, qd, lw.self_attn.o, o.f32());

@@ -56,6 +56,7 @@ struct TrunkCall {
   int64_t batch = 0, len = 0;
   const int64_t* positions = nullptr;  // [B, T]
   const uint8_t* key_mask = nullptr;   // [B, past + T], 1 = attend; null = all
+  int64_t key_mask_stride = 0;         // row stride of key_mask; 0 = past + T
   bool causal = true;
   KVCache* cache = nullptr;            // null: no past
   const CrossInput* cross = nullptr;

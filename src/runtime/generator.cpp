@@ -39,7 +39,8 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
 
   const int64_t cap = T + opt.max_new_tokens;
   auto cache = model.make_cache(B, cap);
-  // The attention mask over [past + current], kept as [B, cap] rows so a step appends a column.
+  // The attention mask over [past + current], kept as [B, cap] rows so a step sets one more column
+  // (passed with row stride cap: no copies per step).
   std::vector<uint8_t> full(static_cast<size_t>(B * cap), 0);
   std::vector<int64_t> valid(static_cast<size_t>(B), 0);  // running cumsum(mask)
   std::vector<int64_t> pos(static_cast<size_t>(B * T));
@@ -56,13 +57,6 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
     res.sequences[static_cast<size_t>(b)].assign(req.ids.begin() + b * T, req.ids.begin() + (b + 1) * T);
   if (opt.max_new_tokens == 0) return res;
 
-  // The mask passed to a call must be [B, past + len] contiguous.
-  auto mask_view = [&](int64_t total) {
-    std::vector<uint8_t> m(static_cast<size_t>(B * total));
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(full.begin() + b * cap, full.begin() + b * cap + total, m.begin() + b * total);
-    return m;
-  };
 
   Sampler sampler(opt.sampling);
   std::vector<bool> finished(static_cast<size_t>(B), false);
@@ -70,8 +64,7 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   const int64_t V = cfg.decoder.vocab_size;
 
   t0 = now_s();
-  std::vector<uint8_t> m0 = mask_view(T);
-  Tensor logits = model.decode(req.ids.data(), B, T, pos.data(), m0.data(), cache.get(), ctx, /*last_only=*/true);
+  Tensor logits = model.decode(req.ids.data(), B, T, pos.data(), full.data(), cache.get(), ctx, /*last_only=*/true, cap);
   res.timings.prefill_s = now_s() - t0;
   res.timings.prefill_tokens = B * T;
 
@@ -79,9 +72,7 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   std::vector<int64_t> step_pos(static_cast<size_t>(B));
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
     if (step > 0) {
-      const int64_t total = T + step;
-      std::vector<uint8_t> m = mask_view(total);
-      logits = model.decode(next.data(), B, 1, step_pos.data(), m.data(), cache.get(), ctx, true);
+      logits = model.decode(next.data(), B, 1, step_pos.data(), full.data(), cache.get(), ctx, true, cap);
     }
     for (int64_t b = 0; b < B; ++b) {
       const int32_t tok = sampler.sample(logits.f32() + b * V, V);

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Fails if a lower layer includes a higher one (core -> kernels -> model -> runtime -> tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+status=0
+forbid() {  # forbid DIR PATTERN...
+  local dir=$1; shift
+  for pat in "$@"; do
+    if grep -rnE "#include \"($pat)" "$dir" 2>/dev/null; then
+      echo "layering: $dir must not include $pat" >&2
+      status=1
+    fi
+  done
+}
+forbid src/core 'kernels/' 'model/' 'runtime/' 'cepe/(model|generate|tokenizer|config)\.h'
+forbid src/kernels 'model/' 'runtime/' 'cepe/(model|generate|tokenizer)\.h'
+forbid src/model 'runtime/' 'cepe/(generate|tokenizer)\.h'
+forbid include/cepe 'core/' 'kernels/' 'model/' 'runtime/'
+exit $status
