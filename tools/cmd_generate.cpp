@@ -40,8 +40,10 @@ const char* kGenerateHelp =
     "                          encoder_attention_mask), written back as {\"sequences\": ...} to --output\n";
 
 std::string read_file(const std::string& path) {
+  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path))
+    throw Error("not a regular file");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open context file");
+  if (!in) throw Error("cannot open context file");
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -52,7 +54,7 @@ GenerateOptions options_from(const Args& args) {
   o.max_new_tokens = args.integer("--max-new-tokens", 64);
   if (o.max_new_tokens < 0) throw Error("--max-new-tokens must be >= 0");
   const double temp = args.number("--temp", 0.8);
-  if (temp < 0) throw Error("--temp must be >= 0");
+  if (!(temp >= 0)) throw Error("--temp must be a number >= 0");
   o.sampling.greedy = args.has("--greedy") || temp == 0.0;
   o.sampling.temperature = temp > 0 ? static_cast<float>(temp) : 1.0f;
   o.sampling.top_k = args.integer("--top-k", 40);
@@ -93,9 +95,10 @@ int run_text(const Args& args, const CepeModel& model, const GenerateOptions& op
   g.len = static_cast<int64_t>(ids.size());
   g.ids = ids;
   const std::vector<std::string> files = args.all("--context");
+  const long long chunk_len = args.integer("--chunk-len", 256);
+  // Bounded: every chunk is padded to chunk_len, so an absurd value would fill memory token by token.
+  if (chunk_len <= 0 || chunk_len > (1 << 20)) throw Error("--chunk-len must be in [1, 1048576]");
   if (!files.empty()) {
-    const long long chunk_len = args.integer("--chunk-len", 256);
-    if (chunk_len <= 0) throw Error("--chunk-len must be positive");
     if (!model.has_context_encoder()) throw Error(model.dir() + ": this model has no cross-attention, so it cannot read -c contexts");
     ContextChunks c;
     c.batch = 1;
@@ -120,19 +123,26 @@ int run_text(const Args& args, const CepeModel& model, const GenerateOptions& op
     if (c.n_ctx > 0) g.context = std::move(c);
   }
 
-  std::fputs(prompt.c_str(), stdout);
-  std::fflush(stdout);
+  // The prompt is echoed once generation is under way, so that an error leaves stdout empty.
+  bool echoed = false;
+  auto echo_prompt = [&] {
+    if (echoed) return;
+    echoed = true;
+    std::fputs(prompt.c_str(), stdout);
+  };
   StreamDecoder stream(tok);
   // Skip what the prompt already printed: feed the prompt through the stream decoder first.
   for (int32_t id : ids) stream.push(id);
   const int32_t eos = static_cast<int32_t>(model.config().decoder.eos_token_id);
   GenerateResult res = generate(model, g, opt, [&](int64_t, const std::vector<int32_t>& t, const std::vector<bool>&) {
+    echo_prompt();
     if (t[0] != eos) {
       std::fputs(stream.push(t[0]).c_str(), stdout);
       std::fflush(stdout);
     }
     return true;
   });
+  echo_prompt();
   std::fputs(stream.flush().c_str(), stdout);
   std::fputs("\n", stdout);
   const GenerateTimings& tm = res.timings;

@@ -24,6 +24,22 @@ void usage(std::FILE* out) {
       out);
 }
 
+// The message on one line whatever it quotes (a JSON key, an option, a file name...): control characters
+// are escaped.
+std::string one_line(const std::string& s) {
+  std::string out;
+  for (const unsigned char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else out += static_cast<char>(c);
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -36,14 +52,14 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return cepe::cli::cmd_generate(argc - 2, argv + 2);
     if (cmd == "forward") return cepe::cli::cmd_forward(argc - 2, argv + 2);
     if (cmd == "tokenize") return cepe::cli::cmd_tokenize(argc - 2, argv + 2);
-    std::fprintf(stderr, "error: unknown command '%s' (try `cepe --help`)\n", cmd.c_str());
+    std::fprintf(stderr, "error: unknown command '%s' (try `cepe --help`)\n", one_line(cmd).c_str());
     return 2;
   } catch (const cepe::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", one_line(e.what()).c_str());
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory\n");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", one_line(e.what()).c_str());
   }
   return 1;
 }

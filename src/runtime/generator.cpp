@@ -20,6 +20,10 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   check(req.mask.empty() || static_cast<int64_t>(req.mask.size()) == B * T,
         "generate: attention_mask size does not match input_ids");
   check(opt.max_new_tokens >= 0, "max new tokens must be >= 0");
+  constexpr int64_t kMaxTokens = int64_t{1} << 24;
+  check(opt.max_new_tokens <= kMaxTokens - T,
+        "prompt (" + std::to_string(T) + " tokens) + max new tokens (" + std::to_string(opt.max_new_tokens) +
+            ") exceed the limit of " + std::to_string(kMaxTokens) + " tokens");
   const int64_t eos = opt.eos_id.value_or(cfg.decoder.eos_token_id);
   const int64_t pad = opt.pad_id.value_or(cfg.decoder.pad_token_id.value_or(eos));
   model.check_decoder_ids(req.ids.data(), B * T, "input_ids");

@@ -13,8 +13,9 @@ namespace {
 
 constexpr int64_t kQueryBlock = 64;
 
-// Turns one row of raw scores into attention weights in place (see attention() for the rule).
-void masked_softmax_row(float* s, int64_t limit, int64_t n, const uint8_t* mask) {
+// Turns one row of raw scores into softmax weights over the allowed keys (those before `limit` with a set
+// mask bit). Returns false, with zero weights, when no key is allowed.
+bool masked_softmax_row(float* s, int64_t limit, int64_t n, const uint8_t* mask) {
   float m = -std::numeric_limits<float>::infinity();
   bool any = false;
   for (int64_t j = 0; j < limit; ++j) {
@@ -23,10 +24,8 @@ void masked_softmax_row(float* s, int64_t limit, int64_t n, const uint8_t* mask)
     m = std::max(m, s[j]);
   }
   if (!any) {
-    const float u = limit > 0 ? 1.0f / static_cast<float>(limit) : 0.0f;
-    for (int64_t j = 0; j < limit; ++j) s[j] = u;
-    for (int64_t j = limit; j < n; ++j) s[j] = 0.0f;
-    return;
+    std::fill(s, s + n, 0.0f);
+    return false;
   }
   double sum = 0.0;
   for (int64_t j = 0; j < limit; ++j) {
@@ -37,6 +36,26 @@ void masked_softmax_row(float* s, int64_t limit, int64_t n, const uint8_t* mask)
   const float inv = static_cast<float>(1.0 / sum);
   for (int64_t j = 0; j < limit; ++j) s[j] *= inv;
   for (int64_t j = limit; j < n; ++j) s[j] = 0.0f;
+  return true;
+}
+
+// A query with no allowed key. The reference adds finfo.min for the padding mask and for the causal mask,
+// so a key masked by both sums to -inf while a key masked by exactly one stays at finfo.min: the row
+// averages V uniformly over the keys masked exactly once (its padded causal range plus the real keys after
+// it; all keys when not causal).
+void fully_masked_row(const AttentionArgs& a, const float* v, const uint8_t* mask, int64_t limit, float* out) {
+  std::fill(out, out + a.head_dim, 0.0f);
+  int64_t count = 0;
+  for (int64_t j = 0; j < a.kv_len; ++j) {
+    const bool valid = !mask || mask[j];
+    if ((j < limit) == valid) continue;  // allowed (impossible here) or masked twice
+    const float* vr = v + j * a.kv_stride;
+    for (int64_t i = 0; i < a.head_dim; ++i) out[i] += vr[i];
+    ++count;
+  }
+  if (count == 0) return;
+  const float inv = 1.0f / static_cast<float>(count);
+  for (int64_t i = 0; i < a.head_dim; ++i) out[i] *= inv;
 }
 
 }  // namespace
@@ -72,14 +91,23 @@ void attention(const AttentionArgs& a) {
       else
         gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, 0.0f, scores.data(), n);
       const uint8_t* mask = a.key_mask ? a.key_mask + b * a.mask_batch_stride : nullptr;
+      bool any_fully_masked = false;
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t limit = a.causal ? std::min(n, a.causal_offset + t0 + r + 1) : n;
-        masked_softmax_row(scores.data() + r * n, limit, n, mask);
+        any_fully_masked |= !masked_softmax_row(scores.data() + r * n, limit, n, mask);
       }
       if (one_row)
         gemv(true, n, a.head_dim, 1.0f, v, a.kv_stride, scores.data(), out);
       else
         gemm(false, false, rows, a.head_dim, n, 1.0f, scores.data(), n, v, a.kv_stride, 0.0f, out, a.out_stride);
+      if (any_fully_masked) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t limit = a.causal ? std::min(a.kv_len, a.causal_offset + t0 + r + 1) : a.kv_len;
+          bool any = false;
+          for (int64_t j = 0; j < limit && !any; ++j) any = !mask || mask[j];
+          if (!any) fully_masked_row(a, v, mask, limit, out + r * a.out_stride);
+        }
+      }
     }
   }
 }

@@ -23,9 +23,9 @@ struct AttentionArgs {
   float scale = 1.0f;
 };
 
-// Softmax over the allowed keys (causal range ∩ mask). A query with no allowed key averages the values of
-// its whole causal range uniformly: that is what the reference's additive finfo.min mask gives, and what
-// the golden outputs pin down for padded rows.
+// Softmax over the allowed keys (causal range ∩ mask). A query with no allowed key (a padded position)
+// gets what the reference's additive finfo.min masks give it: the uniform average of V over the keys masked
+// exactly once — its padded causal range and the real keys after it (all keys when not causal).
 void attention(const AttentionArgs& a);
 
 }  // namespace cepe::kernels

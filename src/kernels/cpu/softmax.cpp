@@ -28,8 +28,8 @@ void log_softmax_rows(const float* x, int64_t rows, int64_t n, float* out) {
     for (int64_t i = 0; i < n; ++i) m = v[i] > m ? v[i] : m;
     double s = 0.0;
     for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(v[i]) - m);
-    const float lse = m + static_cast<float>(std::log(s));
-    for (int64_t i = 0; i < n; ++i) o[i] = v[i] - lse;
+    const double log_s = std::log(s);  // (x - max) - log(sum), as torch: exact for logits far from 0
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>((v[i] - m) - log_s);
   }
 }
 

@@ -1,0 +1,261 @@
+// Kernel micro-benchmarks: linear() (GEMV/GEMM) at LLaMA-2-7B shapes and attention at CEPE's encoder and
+// decode shapes, next to the baselines that explain our choices (a naive loop, a direct M=1 cblas_sgemm).
+//
+//   cmake --build build --target cepe_bench_kernels && OMP_NUM_THREADS=2 ./build/bench/cepe_bench_kernels
+//
+// Threads come from OMP_NUM_THREADS; the OpenMP build of OpenBLAS reads the same variable.
+// Counters: `flop` = FLOP/s, `weight_bytes` = bytes of weights (or K/V cache, for attention) streamed per
+// second. Times are wall-clock (UseRealTime) because the work runs on an OpenMP team.
+// Results and their interpretation: docs/gemm-backend.md.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cepe/tensor.h"
+#include "core/half.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/gemm.h"
+
+namespace cepe::bench {
+namespace {
+
+constexpr int64_t kHidden = 4096;       // LLaMA-2-7B d_model
+constexpr int64_t kFfn = 11008;         // LLaMA-2-7B intermediate size
+constexpr double kMinTime = 0.3;        // seconds per benchmark; the whole program stays well under 60 s
+constexpr size_t kAlign = 64;
+// Decode weights are rotated over copies that add up to at least this much, so every call reads its
+// weights from DRAM and not from the 32 MiB L3 (as a real model's 7B weights would be).
+constexpr size_t kRotateBytes = size_t{128} << 20;
+
+// 64-byte aligned buffer, freed with std::free.
+std::shared_ptr<void> aligned_buffer(size_t bytes) {
+  const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+  void* p = std::aligned_alloc(kAlign, std::max(rounded, kAlign));
+  if (!p) throw Error("bench: out of memory");
+  return std::shared_ptr<void>(p, std::free);
+}
+
+// Deterministic uniform values in [-1, 1) (splitmix64).
+void fill_random(float* p, int64_t n, uint64_t seed) {
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    p[i] = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+  }
+}
+
+
+struct F32Buffer {
+  std::shared_ptr<void> mem;
+  int64_t n = 0;
+  float* data() const { return static_cast<float*>(mem.get()); }
+};
+
+F32Buffer random_f32(int64_t n, uint64_t seed) {
+  F32Buffer b{aligned_buffer(static_cast<size_t>(n) * sizeof(float)), n};
+  fill_random(b.data(), n, seed);
+  return b;
+}
+
+// Weight copies [N, K] of one dtype, built once per (dtype, N, K) and kept for the whole run.
+const std::vector<Tensor>& weights(DType dt, int64_t N, int64_t K) {
+  static std::map<std::tuple<int, int64_t, int64_t>, std::vector<Tensor>> cache;
+  auto key = std::make_tuple(static_cast<int>(dt), N, K);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  const size_t bytes = static_cast<size_t>(N * K) * dtype_size(dt);
+  const size_t copies = std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes);
+  std::vector<Tensor> ws;
+  F32Buffer tmp = dt == DType::F32 ? F32Buffer{} : random_f32(N * K, 0);
+  for (size_t c = 0; c < copies; ++c) {
+    auto mem = aligned_buffer(bytes);
+    if (dt == DType::F32) {
+      fill_random(static_cast<float*>(mem.get()), N * K, 100 + c);
+    } else {
+      auto* h = static_cast<uint16_t*>(mem.get());
+      for (int64_t i = 0; i < N * K; ++i) h[i] = f32_to_bf16(tmp.data()[i]);
+    }
+    ws.emplace_back(mem, mem.get(), dt, Shape{N, K});
+  }
+  return cache.emplace(key, std::move(ws)).first->second;
+}
+
+void set_counters(benchmark::State& state, double flops_per_iter, double bytes_per_iter) {
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["flop"] = benchmark::Counter(flops_per_iter * iters, benchmark::Counter::kIsRate);
+  state.counters["weight_bytes"] = benchmark::Counter(bytes_per_iter * iters, benchmark::Counter::kIsRate);
+}
+
+// --- linear -------------------------------------------------------------------------------------------
+
+void bm_linear(benchmark::State& state, DType dt, int64_t N, int64_t M) {
+  const int64_t K = kHidden;
+  const auto& ws = weights(dt, N, K);
+  const F32Buffer x = random_f32(M * K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
+  size_t i = 0;
+  for (auto _ : state) {
+    kernels::linear(x.data(), M, K, ws[i++ % ws.size()], y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * static_cast<double>(dtype_size(dt)));
+}
+
+// --- side-by-side baselines for M = 1 ---------------------------------------------------------------------
+
+// The loop anyone would write first: one dot product per output row, rows split over the OpenMP team.
+// Without -ffast-math the compiler may not reorder the float sum, so each row is one scalar FMA chain.
+void naive_matvec(const float* W, const float* x, float* y, int64_t N, int64_t K) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* w = W + n * K;
+    float acc = 0.0f;
+    for (int64_t k = 0; k < K; ++k) acc += w[k] * x[k];
+    y[n] = acc;
+  }
+}
+
+// The same loop with the reduction declared reorderable, so it vectorises (no blocking, no prefetch).
+void naive_matvec_simd(const float* W, const float* x, float* y, int64_t N, int64_t K) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* w = W + n * K;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t k = 0; k < K; ++k) acc += w[k] * x[k];
+    y[n] = acc;
+  }
+}
+
+template <void (*Fn)(const float*, const float*, float*, int64_t, int64_t)>
+void bm_matvec_loop(benchmark::State& state, int64_t N) {
+  const int64_t K = kHidden;
+  const auto& ws = weights(DType::F32, N, K);
+  const F32Buffer x = random_f32(K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(N) * sizeof(float)), N};
+  size_t i = 0;
+  for (auto _ : state) {
+    Fn(ws[i++ % ws.size()].data<float>(), x.data(), y.data(), N, K);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2.0 * N * K, static_cast<double>(N * K) * sizeof(float));
+}
+
+// What linear() would cost if it sent M=1 to sgemm (y = x · Wᵀ, the nn.Linear "NT" case) instead of sgemv.
+void bm_sgemm_m1(benchmark::State& state, int64_t N) {
+  const int64_t K = kHidden;
+  const auto& ws = weights(DType::F32, N, K);
+  const F32Buffer x = random_f32(K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(N) * sizeof(float)), N};
+  size_t i = 0;
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, static_cast<blasint>(N), static_cast<blasint>(K), 1.0f,
+                x.data(), static_cast<blasint>(K), ws[i++ % ws.size()].data<float>(), static_cast<blasint>(K), 0.0f,
+                y.data(), static_cast<blasint>(N));
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2.0 * N * K, static_cast<double>(N * K) * sizeof(float));
+}
+
+// --- attention --------------------------------------------------------------------------------------------
+
+struct AttnShape {
+  int64_t batch, q_len, kv_len, heads, head_dim;
+  bool causal;
+  int64_t causal_offset;
+};
+
+void bm_attention(benchmark::State& state, AttnShape s) {
+  const int64_t width = s.heads * s.head_dim;
+  const F32Buffer q = random_f32(s.batch * s.q_len * width, 2);
+  const F32Buffer k = random_f32(s.batch * s.kv_len * width, 3);
+  const F32Buffer v = random_f32(s.batch * s.kv_len * width, 4);
+  F32Buffer out{aligned_buffer(static_cast<size_t>(s.batch * s.q_len * width) * sizeof(float)),
+                s.batch * s.q_len * width};
+  kernels::AttentionArgs a;
+  a.q = q.data();
+  a.out = out.data();
+  a.q_stride = a.out_stride = width;
+  a.k = k.data();
+  a.v = v.data();
+  a.kv_stride = width;
+  a.kv_batch_stride = s.kv_len * width;
+  a.batch = s.batch;
+  a.q_len = s.q_len;
+  a.kv_len = s.kv_len;
+  a.q_heads = a.kv_heads = s.heads;
+  a.head_dim = s.head_dim;
+  a.causal = s.causal;
+  a.causal_offset = s.causal_offset;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  for (auto _ : state) {
+    kernels::attention(a);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  // Q·Kᵀ and P·V, 2 FLOP per multiply-add each; every query here sees all kv_len keys.
+  const double flops = 4.0 * s.batch * s.heads * s.q_len * s.kv_len * s.head_dim;
+  const double kv_bytes = 2.0 * s.batch * s.kv_len * width * sizeof(float);
+  set_counters(state, flops, kv_bytes);
+}
+
+void register_all() {
+  auto tune = [](benchmark::internal::Benchmark* b) {
+    b->UseRealTime()->MinTime(kMinTime)->Unit(benchmark::kMillisecond);
+  };
+  auto name = [](const std::string& kind, int64_t N, int64_t M) {
+    return kind + "/" + std::to_string(N) + "x" + std::to_string(kHidden) + "/M:" + std::to_string(M);
+  };
+  for (int64_t N : {kHidden, kFfn}) {
+    for (int64_t M : {int64_t{1}, int64_t{256}}) {
+      tune(benchmark::RegisterBenchmark(name("linear_f32", N, M).c_str(), bm_linear, DType::F32, N, M));
+      tune(benchmark::RegisterBenchmark(name("linear_bf16", N, M).c_str(), bm_linear, DType::BF16, N, M));
+    }
+    tune(benchmark::RegisterBenchmark(name("baseline_naive_matvec_f32", N, 1).c_str(),
+                                      bm_matvec_loop<naive_matvec>, N));
+    tune(benchmark::RegisterBenchmark(name("baseline_naive_simd_matvec_f32", N, 1).c_str(),
+                                      bm_matvec_loop<naive_matvec_simd>, N));
+    tune(benchmark::RegisterBenchmark(name("baseline_cblas_sgemm_f32", N, 1).c_str(), bm_sgemm_m1, N));
+  }
+  // CEPE encoder: 16 chunks of 256 tokens, 16 heads x 64, bidirectional.
+  tune(benchmark::RegisterBenchmark("attention_encoder/B:16/T:256/H:16x64/bidir", bm_attention,
+                                    AttnShape{16, 256, 256, 16, 64, false, 0}));
+  // Decoder step: 1 query against a 4096-entry KV cache, 32 heads x 128 (LLaMA-2-7B).
+  tune(benchmark::RegisterBenchmark("attention_decode/q:1/kv:4096/H:32x128/causal", bm_attention,
+                                    AttnShape{1, 1, 4096, 32, 128, true, 4095}));
+}
+
+}  // namespace
+}  // namespace cepe::bench
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("omp_max_threads", std::to_string(omp_get_max_threads()));
+  benchmark::AddCustomContext("openblas_threads", std::to_string(openblas_get_num_threads()));
+  benchmark::AddCustomContext("openblas_parallel", openblas_get_parallel() == 2   ? "OpenMP"
+                                                   : openblas_get_parallel() == 1 ? "pthreads"
+                                                                                  : "sequential");
+  benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+  benchmark::AddCustomContext("openblas_config", openblas_get_config());
+  cepe::bench::register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
