@@ -115,6 +115,7 @@ TEST_P(Parity, GreedyGenerationIsExact) {
   const std::string dir = data_dir(GetParam());
   auto m = CepeModel::load(dir);
   Golden g(dir);
+  if (!g.has("generated_sequences")) GTEST_SKIP() << "the reference cannot generate with this config";
   const auto ref = g.i64("generated_sequences");
   const Shape rs = g.shape("generated_sequences");
   GenerateRequest req;

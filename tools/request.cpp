@@ -1,5 +1,7 @@
 #include "request.h"
 
+#include "core/json_file.h"
+
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -64,16 +66,7 @@ std::vector<uint8_t> to_mask(const std::vector<int64_t>& v, const std::string& f
 }  // namespace
 
 Request read_request(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open request file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": malformed JSON: " + e.what());
-  }
+  const json j = read_json_file(path, "request file");
   if (!j.is_object()) throw Error(path + ": request must be a JSON object");
   static const std::vector<std::string> known = {"input_ids", "attention_mask", "encoder_input_ids",
                                                  "encoder_attention_mask", "position_ids"};

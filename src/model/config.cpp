@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cepe/error.h"
+#include "core/json_file.h"
 
 namespace cepe {
 
@@ -190,17 +191,7 @@ CepeConfig parse_cepe_config(const json& j, const std::string& origin) {
 }
 
 CepeConfig load_cepe_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open config");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": malformed JSON: " + e.what());
-  }
-  return parse_cepe_config(j, path);
+  return parse_cepe_config(read_json_file(path, "config"), path);
 }
 
 }  // namespace cepe

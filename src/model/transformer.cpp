@@ -49,6 +49,25 @@ namespace {
 
 Tensor buf(int64_t rows, int64_t cols) { return Tensor::empty(DType::F32, {rows, cols}); }
 
+// Attention over the decoder's heads for queries q [B*T, H*hd] writing out [B*T, H*hd]; the caller sets
+// the keys, values and masking.
+kernels::AttentionArgs head_args(const LlamaConfig& cfg, const float* q, float* out, int64_t B, int64_t T) {
+  kernels::AttentionArgs a;
+  const int64_t qd = cfg.num_attention_heads * cfg.head_dim();
+  a.q = q;
+  a.q_stride = qd;
+  a.out = out;
+  a.out_stride = qd;
+  a.batch = B;
+  a.q_len = T;
+  a.q_heads = cfg.num_attention_heads;
+  a.kv_heads = cfg.num_key_value_heads;
+  a.head_dim = cfg.head_dim();
+  a.kv_stride = cfg.kv_dim();
+  a.scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim()));
+  return a;
+}
+
 void add_inplace(float* h, const float* x, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) h[i] += x[i];
@@ -68,19 +87,8 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
   kernels::apply_rope(q.f32(), BT, Hq, hd, qd, call.positions, rope);
   kernels::apply_rope(k.f32(), BT, Hkv, hd, kvd, call.positions, rope);
 
-  kernels::AttentionArgs a;
-  a.q = q.f32();
-  a.q_stride = qd;
-  a.out = att.f32();
-  a.out_stride = qd;
-  a.batch = B;
-  a.q_len = T;
-  a.q_heads = Hq;
-  a.kv_heads = Hkv;
-  a.head_dim = hd;
-  a.kv_stride = kvd;
+  kernels::AttentionArgs a = head_args(cfg, q.f32(), att.f32(), B, T);
   a.causal = call.causal;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   if (call.cache) {
     KVCache& c = *call.cache;
     const int64_t past = c.length;
@@ -137,25 +145,13 @@ void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& cw, si
       (*ci.kv_cache_v)[layer] = vp;
     }
   }
-  kernels::AttentionArgs a;
-  a.q = q.f32();
-  a.q_stride = qd;
-  a.out = att.f32();
-  a.out_stride = qd;
+  kernels::AttentionArgs a = head_args(cfg, q.f32(), att.f32(), B, T);
   a.k = kp.f32();
   a.v = vp.f32();
-  a.kv_stride = kvd;
   a.kv_batch_stride = K * kvd;
-  a.batch = B;
-  a.q_len = T;
   a.kv_len = K;
-  a.q_heads = Hq;
-  a.kv_heads = Hkv;
-  a.head_dim = hd;
   a.key_mask = ci.mask;
   a.mask_batch_stride = K;
-  a.causal = false;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   kernels::attention(a);
   kernels::linear(att.f32(), BT, qd, cw.o, xn.f32());
   add_inplace(h, xn.f32(), BT * d);

@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_file.h"
+
 namespace cepe {
 
 namespace fs = std::filesystem;
@@ -19,15 +21,7 @@ WeightStore WeightStore::open(const std::string& dir) {
   if (fs::exists(single)) {
     shard_names.push_back("model.safetensors");
   } else if (fs::exists(index)) {
-    std::ifstream in(index);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(index.string() + ": malformed JSON: " + e.what());
-    }
+    const nlohmann::json j = read_json_file(index.string(), "shard index");
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw Error(index.string() + ": missing 'weight_map' object");
     std::set<std::string> seen;
