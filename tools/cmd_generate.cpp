@@ -98,15 +98,6 @@ int run_text(const Args& args, const CepeModel& model, const GenerateOptions& op
   const long long chunk_len = args.integer("--chunk-len", 256);
   // Bounded: every chunk is padded to chunk_len, so an absurd value would fill memory token by token.
   if (chunk_len <= 0 || chunk_len > (1 << 20)) throw Error("--chunk-len must be in [1, 1048576]");
-  // Longer than trained is allowed (as in the reference) but worth saying.
-  const CepeConfig& cfg = model.config();
-  if (!files.empty() && model.has_context_encoder() && chunk_len > cfg.encoder_trunk().max_position_embeddings)
-    std::fprintf(stderr, "warning: --chunk-len %lld exceeds the encoder's max_position_embeddings (%lld)\n", chunk_len,
-                 static_cast<long long>(cfg.encoder_trunk().max_position_embeddings));
-  if (g.len + opt.max_new_tokens > cfg.decoder.max_position_embeddings)
-    std::fprintf(stderr, "warning: prompt + new tokens (%lld) exceed the decoder's max_position_embeddings (%lld)\n",
-                 static_cast<long long>(g.len + opt.max_new_tokens),
-                 static_cast<long long>(cfg.decoder.max_position_embeddings));
   if (!files.empty()) {
     if (!model.has_context_encoder()) throw Error(model.dir() + ": this model has no cross-attention, so it cannot read -c contexts");
     ContextChunks c;
@@ -137,6 +128,15 @@ int run_text(const Args& args, const CepeModel& model, const GenerateOptions& op
   auto echo_prompt = [&] {
     if (echoed) return;
     echoed = true;
+    // Longer than trained is allowed (as in the reference) but worth saying, once the input is known good.
+    const CepeConfig& cfg = model.config();
+    if (g.context && chunk_len > cfg.encoder_trunk().max_position_embeddings)
+      std::fprintf(stderr, "warning: --chunk-len %lld exceeds the encoder's max_position_embeddings (%lld)\n",
+                   chunk_len, static_cast<long long>(cfg.encoder_trunk().max_position_embeddings));
+    if (g.len + opt.max_new_tokens > cfg.decoder.max_position_embeddings)
+      std::fprintf(stderr, "warning: prompt + new tokens (%lld) exceed the decoder's max_position_embeddings (%lld)\n",
+                   static_cast<long long>(g.len + opt.max_new_tokens),
+                   static_cast<long long>(cfg.decoder.max_position_embeddings));
     std::fputs(prompt.c_str(), stdout);
   };
   StreamDecoder stream(tok);
