@@ -92,7 +92,10 @@ def build_model(cfg_dict):
     model.eval()
     for m in model.modules():
         assert not isinstance(m, (REF.LlamaFlashAttention2, REF.LlamaCrossFlashAttention2)), "flash module built"
-    assert model.encoder.config.__dict__.get("_flash_attn_2_requested") is True  # reference asked for flash
+    if cfg_dict.get("encoder_is_model"):
+        assert model.encoder is None and model.encoder_is_model  # the decoder trunk encodes the chunks
+    else:
+        assert model.encoder.config.__dict__.get("_flash_attn_2_requested") is True  # reference asked for flash
     return model
 
 
@@ -244,11 +247,17 @@ def make_config(dec, enc, cepe):
         assert k in cfg, k
         cfg[k] = v
     assert set(cfg) == set(TEMPLATE) and set(cfg["encoder_config"]) == set(TEMPLATE["encoder_config"])
+    if cfg["encoder_is_model"]:
+        # spec 1.7: the decoder trunk itself is the encoder; no encoder_config, no encoder.* weights
+        assert not enc
+        del cfg["encoder_config"]
+        cfg["encoder_hidden_size"] = base["hidden_size"]
     return cfg
 
 
-def random_weights(model, seed, embed_std=1.0):
-    """std 1/sqrt(fan_in) linears, N(0, embed_std) embeddings, norms 1+0.2*N(0,1)."""
+def random_weights(model, seed, embed_std=1.0, eos_row_scale=None):
+    """std 1/sqrt(fan_in) linears, N(0, embed_std) embeddings, norms 1+0.2*N(0,1).
+    eos_row_scale: afterwards multiply lm_head.weight[EOS] by this (makes eos likelier; rng stream unchanged)."""
     rng = np.random.RandomState(seed)
     sd = {}
     for name, p in sorted(model.state_dict().items()):
@@ -260,6 +269,9 @@ def random_weights(model, seed, embed_std=1.0):
         else:
             a = rng.randn(*shape) / np.sqrt(shape[1])
         sd[name] = a.astype(np.float32)
+    if eos_row_scale is not None:
+        assert not model.config.tie_word_embeddings
+        sd["lm_head.weight"][EOS] *= np.float32(eos_row_scale)
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return sd
@@ -344,6 +356,49 @@ FIXTURES = [
          dec=dict(rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=16),
          enc=dict(rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=6), cepe={},
          shape=dict(bsz=2, seq=20, n_ctx=2, ctx_len=8), stateful_rope=True),
+    dict(name="encoder-is-model", seed=909,
+         covers="encoder_is_model true (spec 1.7): no encoder_config and no encoder.* weights; the decoder trunk "
+                "(self.model, same weights, CAUSAL self-attention, is_decoder) encodes every chunk with position_ids "
+                "arange(ctx_len) (no position_ids are passed, even for padded chunks) and no cross-attention "
+                "(no encoder states are passed on that call); Phi = the trunk's final-norm output; "
+                "encoder_hidden_size = hidden_size 64; 3 decoder layers, cross-attention in layers 1,2 "
+                "(num_cross_attn_layers 2); row0 chunk1 right-pad 3, row1 chunk0 left-pad 2",
+         dec=dict(num_hidden_layers=3), enc=dict(), cepe=dict(encoder_is_model=True, num_cross_attn_layers=2),
+         shape=dict(bsz=2, seq=10, n_ctx=3, ctx_len=8),
+         chunk_pad={(0, 1): ("right", 3), (1, 0): ("left", 2)}),
+    dict(name="with-query-hid", seed=1111,
+         covers="encode_mode with_query-3: the first 3 decoder tokens (and their attention_mask) are appended to "
+                "every chunk before encoding (encoder length ctx_len+3, positions 0..ctx_len+2) and KEPT in Phi, so "
+                "encoder_states is [b, n_ctx, ctx_len+3, He] and the cross-attention mask is the concatenated mask "
+                "(encoder_valid_mask, same [b, n_ctx, ctx_len+3]); decoder row1 left-padded by 2 (so its appended query "
+                "has 2 masked positions); row0 chunk2 right-padded by 2, row1 chunk1 left-padded by 1. FORWARD ONLY: "
+                "the reference's cached generation crashes in this mode (see generation)",
+         dec=dict(), enc=dict(), cepe=dict(encode_mode="with_query-3"),
+         shape=dict(bsz=2, seq=10, n_ctx=3, ctx_len=8), dec_left_pad={1: 2},
+         chunk_pad={(0, 2): ("right", 2), (1, 1): ("left", 1)}, no_generation=True),
+    dict(name="mqa-wide-enc", seed=1212,
+         covers="MQA decoder (4 heads / 1 KV head) in self- and cross-attention; encoder WIDER than the decoder "
+                "(encoder hidden 96, 6 heads / 3 KV heads, head_dim 16; decoder hidden 64; cross k/v_proj [16, 96]); "
+                "cross-attention in all layers; decoder pretraining_tp 2 (the reference computes the self- and "
+                "cross-attention q/k/v/o and the MLP projections as 2 slices, summed for o_proj/down_proj: numerically "
+                "equivalent to the plain matmuls up to float rounding; LlamaForCausalContextLM's lm_head is not split; "
+                "encoder pretraining_tp 1); rms_norm_eps 1e-5 decoder / 1e-6 encoder; bsz 2 with one row generating "
+                "eos (2) before the 8 steps end (that row is then padded with eos=2 while the other row continues); "
+                "lm_head.weight[2] scaled x3 at init to make eos likely",
+         dec=dict(num_key_value_heads=1, pretraining_tp=2, rms_norm_eps=1e-5),
+         enc=dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=3, intermediate_size=64,
+                  rms_norm_eps=1e-6),
+         cepe={}, shape=dict(bsz=2, seq=10, n_ctx=3, ctx_len=8), eos_row_scale=3.0, require_eos=True),
+    dict(name="long-chunks-batch", seed=1313,
+         covers="bsz 2, n_ctx 5, ctx_len 24, decoder seq 30 with attention_mask all ones; chunk padding: row0 chunk0 "
+                "left-pad 5, chunk2 right-pad 10, chunk4 right-pad 23 (one valid token); row1 chunk1 left-pad 20, "
+                "chunk2 left-pad 1, chunk3 right-pad 7; other chunks full; decoder rope_theta 1e6; 3 decoder layers "
+                "with cross-attention only in the last one (num_cross_attn_layers 1); vocab 128 (size budget)",
+         dec=dict(num_hidden_layers=3, rope_theta=1000000.0, vocab_size=128), enc=dict(vocab_size=128),
+         cepe=dict(num_cross_attn_layers=1),
+         shape=dict(bsz=2, seq=30, n_ctx=5, ctx_len=24),
+         chunk_pad={(0, 0): ("left", 5), (0, 2): ("right", 10), (0, 4): ("right", 23),
+                    (1, 1): ("left", 20), (1, 2): ("left", 1), (1, 3): ("right", 7)}),
 ]
 
 
@@ -357,7 +412,7 @@ MIN_VALID_GAP = 5e-4  # same for forward logits at valid positions
 
 def compute(fx, cfg, seed):
     proto = build_model(cfg)
-    sd = random_weights(proto, seed, fx.get("embed_std", 1.0))
+    sd = random_weights(proto, seed, fx.get("embed_std", 1.0), fx.get("eos_row_scale"))
     del proto
     sh = fx["shape"]
     rng = np.random.RandomState(seed + 1)
@@ -367,10 +422,12 @@ def compute(fx, cfg, seed):
     # every pass on a FRESH model instance (the reference's rotary cache is stateful for dynamic NTK)
     out = forward(fresh(cfg, sd), inp, position_ids=pos)
     out_nc = forward(fresh(cfg, sd), inp, with_context=False, position_ids=pos)
-    seqs, scores = greedy(fresh(cfg, sd), inp)
     vm = inp["attention_mask"].bool()
     t2 = out.logits.topk(2, -1).values
     vgap = float((t2[..., 0] - t2[..., 1])[vm].min())
+    if fx.get("no_generation"):
+        return sd, inp, pos, out, out_nc, None, None, vgap, float("inf")
+    seqs, scores = greedy(fresh(cfg, sd), inp)
     s2 = scores.topk(2, -1).values
     gap = s2[..., 0] - s2[..., 1]
     # only steps where the row was still unfinished matter
@@ -383,6 +440,25 @@ def compute(fx, cfg, seed):
     return sd, inp, pos, out, out_nc, seqs, scores, vgap, ggap
 
 
+def eos_ok(seqs, fx):
+    """some row emits eos at one of the first MAX_NEW-1 steps (so eos padding follows) and some row never does."""
+    new = np_(seqs)[:, fx["shape"]["seq"]:]
+    if new.shape[1] != MAX_NEW:
+        return False
+    early = [(r == EOS)[:MAX_NEW - 1].any() for r in new]
+    never = [not (r == EOS).any() for r in new]
+    return any(early) and any(never)
+
+
+def generation_crash(cfg, sd, inp):
+    """Run the greedy loop expecting the reference to raise; return the error text."""
+    try:
+        greedy(fresh(cfg, sd), inp)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    raise SystemExit("expected the reference generation to crash, but it ran")
+
+
 def build_fixture(fx, out_root):
     cfg = make_config(fx["dec"], fx["enc"], fx["cepe"])
     tried = []
@@ -390,7 +466,7 @@ def build_fixture(fx, out_root):
         seed = fx["seed"] + 1000 * attempt
         sd, inp, pos, out, out_nc, seqs, scores, vgap, ggap = compute(fx, cfg, seed)
         tried.append(seed)
-        if ggap >= MIN_GEN_GAP and vgap >= MIN_VALID_GAP:
+        if ggap >= MIN_GEN_GAP and vgap >= MIN_VALID_GAP and (not fx.get("require_eos") or eos_ok(seqs, fx)):
             break
     else:
         raise SystemExit(f"{fx['name']}: no seed with enough argmax margin")
@@ -400,8 +476,14 @@ def build_fixture(fx, out_root):
 
     logits = out.logits
     enc_list = out.encoder_hidden_states
-    He = cfg["encoder_config"]["hidden_size"]
-    enc_last = enc_list[-1].reshape(b, n_ctx, ctx_len, He)
+    He = cfg["encoder_hidden_size"] if cfg["encoder_is_model"] else cfg["encoder_config"]["hidden_size"]
+    enc_valid = inp["encoder_attention_mask"]
+    enc_len = ctx_len
+    if cfg["encode_mode"].startswith("with_query-"):  # query kept in Phi: concatenated ids/mask
+        q = int(cfg["encode_mode"].split("-")[-1])
+        enc_len = ctx_len + q
+        enc_valid = torch.cat([enc_valid, inp["attention_mask"][:, None, :q].expand(-1, n_ctx, -1)], dim=2)
+    enc_last = enc_list[-1].reshape(b, n_ctx, enc_len, He)
     logp = torch.log_softmax(logits, -1)
     tlp = torch.gather(logp[:, :-1], 2, inp["input_ids"][:, 1:, None])[..., 0]
     valid = inp["attention_mask"].clone()
@@ -413,14 +495,18 @@ def build_fixture(fx, out_root):
     g["logits_no_context"] = np_(out_nc.logits)
     g["target_logprobs"] = np_(tlp)
     g["encoder_states"] = np_(enc_last)
-    g["encoder_valid_mask"] = np_(inp["encoder_attention_mask"])
+    g["encoder_valid_mask"] = np_(enc_valid)
     if cfg["num_cross_attn_hidden_states"] > 1:
         for k, e in enumerate(enc_list):
-            g[f"encoder_hidden_states.{k}"] = np_(e.reshape(b, n_ctx, ctx_len, He))
+            g[f"encoder_hidden_states.{k}"] = np_(e.reshape(b, n_ctx, enc_len, He))
     for k, h in enumerate(out.hidden_states):
         g[f"decoder_hidden_states.{k}"] = np_(h)
-    g["generated_sequences"] = np_(seqs)
-    g["generation_scores"] = np_(scores)
+    crash = None
+    if seqs is not None:
+        g["generated_sequences"] = np_(seqs)
+        g["generation_scores"] = np_(scores)
+    else:
+        crash = generation_crash(cfg, sd, inp)
     for k, v in g.items():
         if v.dtype != np.float32:
             g[k] = v.astype(np.int64)
@@ -438,7 +524,9 @@ def build_fixture(fx, out_root):
     vm = valid.bool()
     checks["max_abs_logits_change_from_context_valid"] = float((logits - out_nc.logits)[vm].abs().max())
     checks["logits_abs_max_valid"] = float(logits[vm].abs().max())
-    if fx.get("stateful_rope"):
+    if seqs is None:
+        checks["cached_vs_uncached"] = "skipped: no generation goldens (the reference's cached generation crashes)"
+    elif fx.get("stateful_rope"):
         checks["cached_vs_uncached"] = "skipped: dynamic-NTK rotary state changes with kv length, so cached and " \
                                        "uncached decoding legitimately differ in the reference"
     else:
@@ -446,11 +534,17 @@ def build_fixture(fx, out_root):
         dd = float((un - scores).abs().max())
         checks["max_abs_diff_cached_vs_uncached_step_logits"] = dd
         assert dd < 1e-4, dd
+    if cfg["pretraining_tp"] > 1:  # sliced projections vs plain matmuls: equal up to rounding
+        tp1 = forward(fresh(dict(cfg, pretraining_tp=1), sd), inp, position_ids=pos)
+        dtp = float((tp1.logits - logits)[vm].abs().max())
+        checks["max_abs_logits_diff_vs_pretraining_tp_1_valid"] = dtp
+        assert dtp < 1e-4, dtp
     # argmax at valid positions not degenerate
     am = logits.argmax(-1)[vm]
     checks["distinct_argmax_tokens_valid"] = int(torch.unique(am).numel())
     checks["min_top1_top2_gap_valid"] = vgap
-    checks["min_top1_top2_gap_generation_live_rows"] = ggap
+    if seqs is not None:
+        checks["min_top1_top2_gap_generation_live_rows"] = ggap
     checks["seeds_tried"] = tried
 
     st_io.write(os.path.join(d, "golden.safetensors"), g)
@@ -458,24 +552,9 @@ def build_fixture(fx, out_root):
         json.dump(cfg, f, indent=2)
         f.write("\n")
     prompt = sh["seq"]
-    new = np_(seqs)[:, prompt:]
-    gj = {
-        "name": f"ref-{fx['name']}",
-        "covers": fx["covers"],
-        "reference": REF_INFO,
-        "seed": fx["seed"],
-        "init": "linear weights N(0, 1/fan_in); embed_tokens N(0, %g); every RMSNorm weight 1+0.2*N(0,1); numpy RandomState(seed) in sorted-name order; inputs from RandomState(seed+1)" % fx.get("embed_std", 1.0),
-        "shapes": dict(bsz=b, seq_len=prompt, n_ctx=n_ctx, ctx_len=ctx_len, vocab_size=cfg["vocab_size"],
-                       decoder_hidden=cfg["hidden_size"], encoder_hidden=He,
-                       decoder_layers=cfg["num_hidden_layers"], encoder_layers=cfg["encoder_config"]["num_hidden_layers"],
-                       cross_attn_layers=[i for i in range(cfg["num_hidden_layers"])
-                                          if i >= cfg["num_hidden_layers"] - cfg["num_cross_attn_layers"]]),
-        "n_params_in_model_safetensors": int(sum(v.size for v in sd.values())),
-        "tied_weights_dropped_from_safetensors": ["lm_head.weight"] if cfg["tie_word_embeddings"] else [],
-        "forward": "model(input_ids, attention_mask, position_ids, encoder_input_ids, encoder_attention_mask, "
-                   "use_cache=False, output_hidden_states=True); position_ids = cumsum(attention_mask)-1 with pads set to 1 "
-                   "(= arange for unpadded rows), stored as position_ids. logits_no_context: same call without encoder inputs.",
-        "generation": {
+    if seqs is not None:
+        new = np_(seqs)[:, prompt:]
+        generation = {
             "method": "greedy, HF 4.34 greedy_search semantics re-implemented (step 1: full prompt + encoder inputs, "
                       "use_cache=True; later steps: last token, past_key_values, grown attention_mask, position_ids = "
                       "last of cumsum-1, encoder_hidden_states from step 1 and the [b,n_ctx,ctx_len] encoder mask); "
@@ -487,7 +566,40 @@ def build_fixture(fx, out_root):
             "n_steps_run": int(scores.shape[1]),
             "eos_generated": bool((new == EOS).any()),
             "generation_scores": "logits of the last position at each step [b, steps, V]",
-        },
+        }
+    else:
+        generation = {
+            "skipped": True,
+            "reason": "the ORIGINAL reference cannot generate in encode_mode %s: step 1 returns Phi of length "
+                      "n_ctx*(ctx_len+q) while the encoder_attention_mask passed back in at step 2 is the caller's "
+                      "[b, n_ctx, ctx_len] mask, and forward() reshapes it with .view(b, Phi length), which raises. "
+                      "No generated_sequences / generation_scores are stored; only the forward goldens (logits, "
+                      "encoder_states, encoder_valid_mask, logits_no_context, decoder_hidden_states, target_logprobs)."
+                      % cfg["encode_mode"],
+            "reference_error_at_step_2": crash,
+            "max_new_tokens_attempted": MAX_NEW,
+        }
+    encoder_layers = cfg["num_hidden_layers"] if cfg["encoder_is_model"] else cfg["encoder_config"]["num_hidden_layers"]
+    init = "linear weights N(0, 1/fan_in); embed_tokens N(0, %g); every RMSNorm weight 1+0.2*N(0,1); numpy RandomState(seed) in sorted-name order; inputs from RandomState(seed+1)" % fx.get("embed_std", 1.0)
+    if fx.get("eos_row_scale") is not None:
+        init += "; then lm_head.weight[%d] (eos row) multiplied by %g" % (EOS, fx["eos_row_scale"])
+    gj = {
+        "name": f"ref-{fx['name']}",
+        "covers": fx["covers"],
+        "reference": REF_INFO,
+        "seed": fx["seed"],
+        "init": init,
+        "shapes": dict(bsz=b, seq_len=prompt, n_ctx=n_ctx, ctx_len=ctx_len, vocab_size=cfg["vocab_size"],
+                       decoder_hidden=cfg["hidden_size"], encoder_hidden=He,
+                       decoder_layers=cfg["num_hidden_layers"], encoder_layers=encoder_layers,
+                       cross_attn_layers=[i for i in range(cfg["num_hidden_layers"])
+                                          if i >= cfg["num_hidden_layers"] - cfg["num_cross_attn_layers"]]),
+        "n_params_in_model_safetensors": int(sum(v.size for v in sd.values())),
+        "tied_weights_dropped_from_safetensors": ["lm_head.weight"] if cfg["tie_word_embeddings"] else [],
+        "forward": "model(input_ids, attention_mask, position_ids, encoder_input_ids, encoder_attention_mask, "
+                   "use_cache=False, output_hidden_states=True); position_ids = cumsum(attention_mask)-1 with pads set to 1 "
+                   "(= arange for unpadded rows), stored as position_ids. logits_no_context: same call without encoder inputs.",
+        "generation": generation,
         "notes": [],
         "self_checks": checks,
         "binary": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in sorted(g.items())},
@@ -503,6 +615,23 @@ def build_fixture(fx, out_root):
             "the base for L=20; each later step sees L=21,22,... and recomputes the base for that L, applied to the new "
             "token's q/k only, while cached keys keep the rotation they were computed with. Encoder: every chunk has "
             "length 8 > max_position_embeddings 6, so the encoder always uses the base for L=8.")
+    if enc_len != ctx_len:
+        gj["shapes"]["encoder_states_len"] = enc_len
+        gj["notes"].append("encoder_states / encoder_valid_mask have ctx_len+%d = %d positions per chunk: the chunk's "
+                           "%d tokens then the first %d decoder tokens (input_ids[:, :%d], mask attention_mask[:, :%d]), "
+                           "encoded together with position_ids 0..%d. The decoder's cross-attention reads all of them "
+                           "under that concatenated mask." % (enc_len - ctx_len, enc_len, ctx_len, enc_len - ctx_len,
+                                                              enc_len - ctx_len, enc_len - ctx_len, enc_len - 1))
+    if cfg["encoder_is_model"]:
+        gj["shapes"]["encoder"] = "decoder trunk (encoder_is_model): model.* weights, causal, no cross-attention"
+        gj["notes"].append("encoder_is_model: Phi = self.model(input_ids=chunks [b*n_ctx, ctx_len], attention_mask=chunk "
+                           "mask, no position_ids -> arange(ctx_len) also for left-padded chunks, causal mask + padding "
+                           "mask, cross-attention layers skipped because no encoder states are given).last_hidden_state "
+                           "(after model.norm). encoder_states rows with encoder_valid_mask=0 are garbage.")
+    if fx.get("require_eos"):
+        gj["notes"].append("eos (2) is generated: after a row emits eos its later tokens are pad=eos=2 (its later "
+                           "generation_scores are still the model's logits for that row); generation stops early only "
+                           "when every row has finished.")
     if fx.get("dec_left_pad"):
         gj["notes"].append("logits at positions with logits_valid_mask=0 (left pads) are implementation-defined garbage; "
                            "encoder_states rows with encoder_valid_mask=0 likewise (a fully padded chunk gives uniform "
