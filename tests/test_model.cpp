@@ -11,7 +11,7 @@
 #include "cepe/safetensors.h"
 #include "golden.h"
 #include "kernels/cpu/softmax.h"
-#include "model/kv_cache.h"
+#include "cepe/kv_cache.h"
 
 namespace cepe {
 namespace {

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "cepe/config.h"
+#include "cepe/kv_cache.h"
 #include "cepe/tensor.h"
 
 namespace cepe {
 
-struct KVCache;
 struct ModelImpl;
 
 // Encoder output, kept once and reused at every decoding step.

@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "kernels/cpu/gemm.h"
-#include "model/kv_cache.h"
+#include "cepe/kv_cache.h"
 #include "model/transformer.h"
 #include "model/weight_store.h"
 

@@ -1,4 +1,4 @@
-#include "model/kv_cache.h"
+#include "cepe/kv_cache.h"
 
 namespace cepe {
 

@@ -8,7 +8,7 @@
 
 #include "cepe/config.h"
 #include "cepe/tensor.h"
-#include "model/kv_cache.h"
+#include "cepe/kv_cache.h"
 #include "model/weight_store.h"
 
 namespace cepe {

@@ -1,7 +1,7 @@
 #include <chrono>
 
 #include "cepe/generate.h"
-#include "model/kv_cache.h"
+#include "cepe/kv_cache.h"
 
 namespace cepe {
 
