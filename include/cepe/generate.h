@@ -25,6 +25,8 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::optional<int64_t> eos_id;  // default: the config's eos_token_id
   std::optional<int64_t> pad_id;  // default: the config's pad_token_id, else eos
+  EncodeOptions encode;           // how a request's context is encoded
+  DecodeOptions decode;           // cross-attention strategy and budget (last_only/mask_stride are set here)
 };
 
 struct GenerateRequest {

@@ -2,6 +2,7 @@
 // A CEPE model: the decoder (a LLaMA with cross-attention in its last layers) and the parallel context
 // encoder, loaded from a Hugging Face checkpoint directory (config.json + safetensors, weights mapped).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,18 +15,46 @@ namespace cepe {
 
 struct ModelImpl;
 
+// How the decoder's cross-attention reads the encoder states Φ (all give the reference's numbers):
+//  Recompute: project K/V from Φ block by block at every call, online softmax (the reference's math, with
+//             bounded memory: no [T, K] scores and no full K/V are ever materialised);
+//  Cached:    project each layer's K/V once per context and keep them (fast, 2·kv_dim floats per key and layer);
+//  Absorbed:  fold W_k into the queries and apply W_v after the weighted sum: two GEMMs per layer over the
+//             shared states, reading only Φ (decode);
+//  Auto:      Cached when it fits the memory budget, else Absorbed for short query blocks, else Recompute.
+enum class CrossAttnMode { Recompute, Cached, Absorbed, Auto };
+const char* cross_attn_mode_name(CrossAttnMode m);
+bool parse_cross_attn_mode(const std::string& name, CrossAttnMode* out);
+
 // Encoder output, kept once and reused at every decoding step.
 struct EncodedContext {
-  int64_t batch = 0, n_ctx = 0, ctx_len = 0;  // ctx_len: per-chunk length of the states (chunk + query for with_query-N)
-  // Entries the cross-attention reads: one [B, n_ctx*ctx_len, enc_hidden] tensor (the final normed states),
-  // or all E+1 hidden-state entries when num_cross_attn_hidden_states > 1.
+  // Chunk layout (metadata): n_ctx chunks of ctx_len positions per row (chunk + query for with_query-N).
+  int64_t batch = 0, n_ctx = 0, ctx_len = 0;
+  // Entries the cross-attention reads, F32 or BF16 [B, K, enc_hidden]: the final normed states, or all E+1
+  // hidden-state entries when num_cross_attn_hidden_states > 1.
   std::vector<Tensor> states;
-  Tensor mask;  // U8 [B, n_ctx*ctx_len], 1 = real token
-  // Per-layer cross-attention K/V projected once from `states` and reused (filled lazily by the decoder).
+  Tensor mask;  // U8 [B, K], 1 = real token
+  // Per-layer cross-attention K/V, F32 [B, K, kv_dim], filled by the Cached strategy and reused.
   std::vector<Tensor> cross_k, cross_v;
 
-  int64_t keys() const { return n_ctx * ctx_len; }
+  int64_t keys() const { return states.empty() ? 0 : states[0].dim(1); }
   const Tensor& final_states() const { return states.back(); }
+  size_t state_bytes() const;
+  size_t cross_kv_bytes() const;
+};
+
+struct EncodeOptions {
+  DType state_dtype = DType::F32;  // F32 or BF16 storage of the states
+  int64_t batch_tokens = 8192;     // encoder tokens per pass: bounds the activation scratch
+  // Called after every pass with the chunks done and the total.
+  std::function<void(int64_t done, int64_t total)> progress;
+};
+
+struct DecodeOptions {
+  CrossAttnMode cross_attn = CrossAttnMode::Auto;
+  size_t cross_kv_budget = 0;  // bytes the Auto strategy may spend on a cross K/V cache
+  bool last_only = false;      // logits for the last position only
+  int64_t mask_stride = 0;     // row stride of the attention mask (0 = past + T)
 };
 
 // Context chunks for one batch: ids and mask [B, n_ctx, ctx_len].
@@ -48,14 +77,17 @@ class CepeModel {
   // with_query modes, `query_ids`/`query_mask` ([B, query_stride], the decoder input) supply the first N
   // tokens appended to every chunk.
   EncodedContext encode(const ContextChunks& chunks, const int32_t* query_ids = nullptr,
-                        const uint8_t* query_mask = nullptr, int64_t query_stride = 0) const;
+                        const uint8_t* query_mask = nullptr, int64_t query_stride = 0,
+                        const EncodeOptions& options = {}) const;
 
-  // Decoder on T new tokens per row: ids/positions [B, T]; attn_mask [B, past+T] with row stride
-  // `mask_stride` (0 = past+T; null mask = all ones);
+  // Decoder on T new tokens per row: ids/positions [B, T]; attn_mask [B, past+T] (null = all ones);
   // `cache` (may be null) holds the past; `ctx` (may be null) is the encoded context.
-  // Returns logits [B, T, V], or [B, 1, V] for the last position only when `last_only`.
+  // Returns logits [B, T, V], or [B, 1, V] with options.last_only.
   Tensor decode(const int32_t* ids, int64_t batch, int64_t len, const int64_t* positions, const uint8_t* attn_mask,
-                KVCache* cache, EncodedContext* ctx, bool last_only = false, int64_t mask_stride = 0) const;
+                KVCache* cache, EncodedContext* ctx, const DecodeOptions& options = {}) const;
+
+  // Bytes a Cached cross K/V for `keys` encoder tokens per row would take.
+  size_t cross_kv_bytes(int64_t batch, int64_t keys) const;
 
   // A KV cache sized for `capacity` positions of `batch` rows.
   std::unique_ptr<KVCache> make_cache(int64_t batch, int64_t capacity) const;

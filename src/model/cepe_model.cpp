@@ -3,7 +3,9 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/half.h"
 #include "kernels/cpu/gemm.h"
+#include "model/cross_attention.h"
 #include "cepe/kv_cache.h"
 #include "model/transformer.h"
 #include "model/weight_store.h"
@@ -80,11 +82,14 @@ void CepeModel::check_encoder_ids(const int32_t* ids, int64_t n, const std::stri
 }
 
 EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_ids, const uint8_t* query_mask,
-                                 int64_t query_stride) const {
+                                 int64_t query_stride, const EncodeOptions& opt) const {
   const ModelImpl& im = *impl_;
   const CepeConfig& c = im.cfg;
   check(has_context_encoder(), im.dir + ": this model has no cross-attention layers, so it cannot read a context");
+  check(opt.state_dtype == DType::F32 || opt.state_dtype == DType::BF16,
+        std::string("context states must be stored as F32 or BF16, not ") + dtype_name(opt.state_dtype));
   const int64_t B = ch.batch, n = ch.n_ctx, len = ch.ctx_len;
+  check(B > 0 && n > 0 && len > 0, "context chunks: empty [batch, n_ctx, ctx_len]");
   check(static_cast<int64_t>(ch.ids.size()) == B * n * len && static_cast<int64_t>(ch.mask.size()) == B * n * len,
         "context chunks: ids/mask sizes do not match [batch, n_ctx, ctx_len]");
   check_encoder_ids(ch.ids.data(), B * n * len, "encoder_input_ids");
@@ -98,65 +103,75 @@ EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_i
                                   " is longer than input_ids (" + std::to_string(query_stride) + " tokens)");
   }
   const int64_t L = len + nq, rows = B * n;
-  std::vector<int32_t> ids(static_cast<size_t>(rows * L));
-  std::vector<uint8_t> mask(static_cast<size_t>(rows * L));
-  std::vector<int64_t> pos(static_cast<size_t>(rows * L));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t r = b * n + j;
-      for (int64_t t = 0; t < len; ++t) {
-        ids[static_cast<size_t>(r * L + t)] = ch.ids[static_cast<size_t>(r * len + t)];
-        mask[static_cast<size_t>(r * L + t)] = ch.mask[static_cast<size_t>(r * len + t)];
-      }
-      for (int64_t t = 0; t < nq; ++t) {
-        ids[static_cast<size_t>(r * L + len + t)] = query_ids[b * query_stride + t];
-        mask[static_cast<size_t>(r * L + len + t)] = query_mask ? query_mask[b * query_stride + t] : 1;
-      }
-      for (int64_t t = 0; t < L; ++t) pos[static_cast<size_t>(r * L + t)] = t;
-    }
-
+  // with_query_no_hid: drop the query positions again and keep the original chunk mask.
+  const int64_t keep = c.encode_mode == EncodeMode::WithQueryNoHid ? len : L;
   const bool all_entries = c.num_cross_attn_hidden_states > 1;
-  std::vector<Tensor> entries;
-  TrunkCall call;
-  call.ids = ids.data();
-  call.batch = rows;
-  call.len = L;
-  call.positions = pos.data();
-  call.key_mask = mask.data();
-  // The encoder is bidirectional; encoder_is_model reuses the decoder trunk, which stays causal.
-  call.causal = c.encoder_is_model;
-  call.all_hidden = all_entries ? &entries : nullptr;
   const LlamaConfig& ecfg = c.encoder_trunk();
   const TrunkWeights& ew = c.encoder_is_model ? im.decoder : im.encoder;
-  Tensor last = trunk_forward(ecfg, ew, call);
-  if (!all_entries) entries.push_back(last);
-
-  // with_query_no_hid: drop the query positions again and keep the original chunk mask.
-  const bool drop_query = c.encode_mode == EncodeMode::WithQueryNoHid;
-  const int64_t keep = drop_query ? len : L;
   const int64_t de = ecfg.hidden_size;
+  const int64_t n_entries = all_entries ? ecfg.num_hidden_layers + 1 : 1;
+
   EncodedContext out;
   out.batch = B;
   out.n_ctx = n;
   out.ctx_len = keep;
-  for (const Tensor& e : entries) {
-    if (keep == L) {
-      out.states.push_back(e.reshape({B, n * L, de}));
-      continue;
-    }
-    Tensor s = Tensor::empty(DType::F32, {B, n * keep, de});
-    for (int64_t r = 0; r < rows; ++r)
-      std::copy(e.f32() + r * L * de, e.f32() + (r * L + keep) * de, s.f32() + r * keep * de);
-    out.states.push_back(s);
-  }
+  for (int64_t e = 0; e < n_entries; ++e) out.states.push_back(Tensor::empty(opt.state_dtype, {B, n * keep, de}));
   out.mask = Tensor::empty(DType::U8, {B, n * keep});
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t t = 0; t < keep; ++t) out.mask.data<uint8_t>()[r * keep + t] = mask[static_cast<size_t>(r * L + t)];
+
+  // Chunks are independent: encode them pass by pass (bounded scratch), each pass a batch of whole chunks
+  // run in parallel by the kernels, and store the states as they come.
+  const int64_t per_pass = std::max<int64_t>(1, opt.batch_tokens / L);
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> mask;
+  std::vector<int64_t> pos;
+  for (int64_t r0 = 0; r0 < rows; r0 += per_pass) {
+    const int64_t pr = std::min(per_pass, rows - r0);
+    ids.resize(static_cast<size_t>(pr * L));
+    mask.resize(static_cast<size_t>(pr * L));
+    pos.resize(static_cast<size_t>(pr * L));
+    for (int64_t i = 0; i < pr; ++i) {
+      const int64_t r = r0 + i, b = r / n;
+      for (int64_t t = 0; t < len; ++t) {
+        ids[static_cast<size_t>(i * L + t)] = ch.ids[static_cast<size_t>(r * len + t)];
+        mask[static_cast<size_t>(i * L + t)] = ch.mask[static_cast<size_t>(r * len + t)];
+      }
+      for (int64_t t = 0; t < nq; ++t) {
+        ids[static_cast<size_t>(i * L + len + t)] = query_ids[b * query_stride + t];
+        mask[static_cast<size_t>(i * L + len + t)] = query_mask ? query_mask[b * query_stride + t] : 1;
+      }
+      for (int64_t t = 0; t < L; ++t) pos[static_cast<size_t>(i * L + t)] = t;  // positions restart per chunk
+    }
+    std::vector<Tensor> entries;
+    TrunkCall call;
+    call.ids = ids.data();
+    call.batch = pr;
+    call.len = L;
+    call.positions = pos.data();
+    call.key_mask = mask.data();
+    // The encoder is bidirectional; encoder_is_model reuses the decoder trunk, which stays causal.
+    call.causal = c.encoder_is_model;
+    call.all_hidden = all_entries ? &entries : nullptr;
+    Tensor last = trunk_forward(ecfg, ew, call);
+    if (!all_entries) entries.push_back(last);
+    // Row r of the pass is chunk r % n of batch row r / n: its kept positions go to the same place in [B, n*keep].
+    for (int64_t i = 0; i < pr; ++i) {
+      const int64_t r = r0 + i;
+      const size_t dst = static_cast<size_t>(r * keep * de);
+      for (int64_t e = 0; e < n_entries; ++e) {
+        Tensor& st = out.states[static_cast<size_t>(e)];
+        convert_from_f32(entries[static_cast<size_t>(e)].f32() + i * L * de, st.dtype(),
+                         static_cast<char*>(st.raw()) + dst * dtype_size(st.dtype()), keep * de);
+      }
+      std::copy(mask.begin() + i * L, mask.begin() + i * L + keep, out.mask.data<uint8_t>() + r * keep);
+    }
+    if (opt.progress) opt.progress(r0 + pr, rows);
+  }
   return out;
 }
 
 Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const int64_t* positions,
-                         const uint8_t* attn_mask, KVCache* cache, EncodedContext* ctx, bool last_only, int64_t mask_stride) const {
+                         const uint8_t* attn_mask, KVCache* cache, EncodedContext* ctx,
+                         const DecodeOptions& opt) const {
   const ModelImpl& im = *impl_;
   const CepeConfig& c = im.cfg;
   check_decoder_ids(ids, batch * len, "input_ids");
@@ -173,7 +188,11 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
       // Spec §1.6: layer i reads entry [i - L] (Python negative index, clamped at -L) of the E+1 entries.
       const int64_t idx = E1 == 1 ? 0 : E1 + std::max(i - L, -L);
       check(idx >= 0 && idx < E1, "encoded context has too few hidden-state entries for layer " + std::to_string(i));
-      ci.states[static_cast<size_t>(i)] = &ctx->states[static_cast<size_t>(idx)];
+      const Tensor& st = ctx->states[static_cast<size_t>(idx)];
+      check(st.dim(2) == c.encoder_hidden_size, "encoded context states have width " + std::to_string(st.dim(2)) +
+                                                    ", the model's cross-attention reads " +
+                                                    std::to_string(c.encoder_hidden_size));
+      ci.states[static_cast<size_t>(i)] = &st;
     }
     ci.mask = ctx->mask.data<uint8_t>();
     ci.keys = ctx->keys();
@@ -181,8 +200,12 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
       ctx->cross_k.assign(static_cast<size_t>(L), Tensor());
       ctx->cross_v.assign(static_cast<size_t>(L), Tensor());
     }
-    ci.kv_cache_k = &ctx->cross_k;
-    ci.kv_cache_v = &ctx->cross_v;
+    bool cached = false;
+    for (const Tensor& t : ctx->cross_k) cached = cached || t.defined();
+    ci.mode = resolve_cross_attn(opt.cross_attn, c.decoder, c.encoder_hidden_size, len, cached,
+                                 cross_kv_bytes(batch, ci.keys), opt.cross_kv_budget);
+    ci.kv_k = &ctx->cross_k;
+    ci.kv_v = &ctx->cross_v;
   }
   TrunkCall call;
   call.ids = ids;
@@ -190,14 +213,14 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
   call.len = len;
   call.positions = positions;
   call.key_mask = attn_mask;
-  call.key_mask_stride = mask_stride;
+  call.key_mask_stride = opt.mask_stride;
   call.causal = true;
   call.cache = cache;
   call.cross = ctx ? &ci : nullptr;
   Tensor h = trunk_forward(c.decoder, im.decoder, call);
 
   const int64_t d = c.decoder.hidden_size, V = c.decoder.vocab_size;
-  if (last_only) {
+  if (opt.last_only) {
     Tensor last = Tensor::empty(DType::F32, {batch, d});
     for (int64_t b = 0; b < batch; ++b)
       std::copy(h.f32() + ((b + 1) * len - 1) * d, h.f32() + (b + 1) * len * d, last.f32() + b * d);
@@ -208,6 +231,45 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
   Tensor logits = Tensor::empty(DType::F32, {batch, len, V});
   kernels::linear(h.f32(), batch * len, d, im.lm_head, logits.f32());
   return logits;
+}
+
+size_t CepeModel::cross_kv_bytes(int64_t batch, int64_t keys) const {
+  const CepeConfig& c = impl_->cfg;
+  int64_t layers = 0;
+  for (int64_t i = 0; i < c.decoder.num_hidden_layers; ++i) layers += c.has_cross(i);
+  return static_cast<size_t>(layers) * 2 * static_cast<size_t>(batch * keys * c.decoder.kv_dim()) * sizeof(float);
+}
+
+const char* cross_attn_mode_name(CrossAttnMode m) {
+  switch (m) {
+    case CrossAttnMode::Recompute: return "recompute";
+    case CrossAttnMode::Cached: return "cached";
+    case CrossAttnMode::Absorbed: return "absorbed";
+    case CrossAttnMode::Auto: return "auto";
+  }
+  return "?";
+}
+
+bool parse_cross_attn_mode(const std::string& name, CrossAttnMode* out) {
+  for (CrossAttnMode m : {CrossAttnMode::Recompute, CrossAttnMode::Cached, CrossAttnMode::Absorbed, CrossAttnMode::Auto})
+    if (name == cross_attn_mode_name(m)) {
+      *out = m;
+      return true;
+    }
+  return false;
+}
+
+size_t EncodedContext::state_bytes() const {
+  size_t n = mask.defined() ? mask.nbytes() : 0;
+  for (const Tensor& t : states) n += t.nbytes();
+  return n;
+}
+
+size_t EncodedContext::cross_kv_bytes() const {
+  size_t n = 0;
+  for (const Tensor& t : cross_k) n += t.defined() ? t.nbytes() : 0;
+  for (const Tensor& t : cross_v) n += t.defined() ? t.nbytes() : 0;
+  return n;
 }
 
 std::unique_ptr<KVCache> CepeModel::make_cache(int64_t batch, int64_t capacity) const {

@@ -117,46 +117,6 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
   add_inplace(h, o.f32(), BT * d);
 }
 
-// h += CrossAttn(h, encoder states): the norm lives inside the module, no positions, one joint softmax
-// over all chunks' keys.
-void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& cw, size_t layer, const TrunkCall& call,
-                     float* h) {
-  const CrossInput& ci = *call.cross;
-  const Tensor& phi = *ci.states[layer];
-  const int64_t B = call.batch, T = call.len, BT = B * T, d = cfg.hidden_size;
-  const int64_t hd = cfg.head_dim(), Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads;
-  const int64_t qd = Hq * hd, kvd = Hkv * hd, K = ci.keys, de = phi.dim(2);
-  Tensor xn = buf(BT, d), q = buf(BT, qd), att = buf(BT, qd);
-  kernels::rmsnorm(h, cw.norm.f32(), BT, d, static_cast<float>(cfg.rms_norm_eps), xn.f32());
-  kernels::linear(xn.f32(), BT, d, cw.q, q.f32());
-
-  Tensor kp, vp;
-  const bool cached = ci.kv_cache_k && (*ci.kv_cache_k)[layer].defined();
-  if (cached) {
-    kp = (*ci.kv_cache_k)[layer];
-    vp = (*ci.kv_cache_v)[layer];
-  } else {
-    kp = Tensor::empty(DType::F32, {B, K, kvd});
-    vp = Tensor::empty(DType::F32, {B, K, kvd});
-    kernels::linear(phi.f32(), B * K, de, cw.k, kp.f32());
-    kernels::linear(phi.f32(), B * K, de, cw.v, vp.f32());
-    if (ci.kv_cache_k) {
-      (*ci.kv_cache_k)[layer] = kp;
-      (*ci.kv_cache_v)[layer] = vp;
-    }
-  }
-  kernels::AttentionArgs a = head_args(cfg, q.f32(), att.f32(), B, T);
-  a.k = kp.f32();
-  a.v = vp.f32();
-  a.kv_batch_stride = K * kvd;
-  a.kv_len = K;
-  a.key_mask = ci.mask;
-  a.mask_batch_stride = K;
-  kernels::attention(a);
-  kernels::linear(att.f32(), BT, qd, cw.o, xn.f32());
-  add_inplace(h, xn.f32(), BT * d);
-}
-
 void mlp(const LlamaConfig& cfg, const LayerWeights& lw, int64_t BT, float* h) {
   const int64_t d = cfg.hidden_size, ff = cfg.intermediate_size;
   Tensor xn = buf(BT, d), g = buf(BT, ff), u = buf(BT, ff);
@@ -194,7 +154,7 @@ Tensor trunk_forward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkC
     if (call.all_hidden) call.all_hidden->push_back(h.clone());
     const LayerWeights& lw = w.layers[i];
     self_attention(cfg, lw, i, call, rope, h.f32());
-    if (lw.cross && call.cross && call.cross->states[i]) cross_attention(cfg, *lw.cross, i, call, h.f32());
+    if (lw.cross && call.cross && call.cross->states[i]) cross_attention(cfg, *lw.cross, i, *call.cross, B, T, h.f32());
     mlp(cfg, lw, BT, h.f32());
   }
   if (call.cache) call.cache->length = past + T;

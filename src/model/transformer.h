@@ -9,17 +9,13 @@
 #include "cepe/config.h"
 #include "cepe/tensor.h"
 #include "cepe/kv_cache.h"
+#include "model/cross_attention.h"
 #include "model/weight_store.h"
 
 namespace cepe {
 
 struct AttentionWeights {
   Tensor q, k, v, o;  // [out, in]
-};
-
-struct CrossAttentionWeights {
-  Tensor norm;        // f32 [hidden]
-  Tensor q, k, v, o;  // q: [H*hd, hidden], k/v: [Hkv*hd, enc_hidden], o: [hidden, H*hd]
 };
 
 struct LayerWeights {
@@ -39,17 +35,6 @@ struct TrunkWeights {
 // also get their cross-attention (k/v in-features = enc_hidden).
 TrunkWeights load_trunk(const WeightStore& ws, const std::string& prefix, const LlamaConfig& cfg,
                         const std::vector<bool>& cross_layers, int64_t enc_hidden);
-
-// What the cross-attention layers read: per decoder layer, encoder states [B, K, enc_hidden] (null for a
-// layer without cross-attention) and the key mask [B, K].
-struct CrossInput {
-  std::vector<const Tensor*> states;  // indexed by layer
-  const uint8_t* mask = nullptr;
-  int64_t keys = 0;
-  // Optional per-layer projected K/V, [B, K, kv_dim] each, filled on first use and reused afterwards.
-  std::vector<Tensor>* kv_cache_k = nullptr;
-  std::vector<Tensor>* kv_cache_v = nullptr;
-};
 
 struct TrunkCall {
   const int32_t* ids = nullptr;  // [B, T]

@@ -35,7 +35,7 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   EncodedContext owned;
   EncodedContext* ctx = req.encoded;
   if (!ctx && req.context) {
-    owned = model.encode(*req.context, req.ids.data(), mask.data(), T);
+    owned = model.encode(*req.context, req.ids.data(), mask.data(), T, opt.encode);
     ctx = &owned;
   }
   if (ctx) res.timings.context_tokens = ctx->batch * ctx->keys();
@@ -68,7 +68,10 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   const int64_t V = cfg.decoder.vocab_size;
 
   t0 = now_s();
-  Tensor logits = model.decode(req.ids.data(), B, T, pos.data(), full.data(), cache.get(), ctx, /*last_only=*/true, cap);
+  DecodeOptions dopt = opt.decode;
+  dopt.last_only = true;
+  dopt.mask_stride = cap;
+  Tensor logits = model.decode(req.ids.data(), B, T, pos.data(), full.data(), cache.get(), ctx, dopt);
   res.timings.prefill_s = now_s() - t0;
   res.timings.prefill_tokens = B * T;
 
@@ -76,7 +79,7 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   std::vector<int64_t> step_pos(static_cast<size_t>(B));
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
     if (step > 0) {
-      logits = model.decode(next.data(), B, 1, step_pos.data(), full.data(), cache.get(), ctx, true, cap);
+      logits = model.decode(next.data(), B, 1, step_pos.data(), full.data(), cache.get(), ctx, dopt);
     }
     for (int64_t b = 0; b < B; ++b) {
       const int32_t tok = sampler.sample(logits.f32() + b * V, V);

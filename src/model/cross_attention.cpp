@@ -1,0 +1,267 @@
+#include "model/cross_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/half.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rmsnorm.h"
+
+namespace cepe {
+
+namespace {
+
+constexpr int64_t kKeyBlock = 512;  // encoder keys per block: bounds every scratch buffer
+const float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Rows [k0, k0+n) of batch row b of Φ as f32 (a view when Φ is F32, else widened into `buf`).
+const float* state_rows(const Tensor& st, int64_t b, int64_t k0, int64_t n, std::vector<float>& buf) {
+  const int64_t K = st.dim(1), de = st.dim(2);
+  const size_t off = static_cast<size_t>((b * K + k0) * de);
+  if (st.dtype() == DType::F32) return st.f32() + off;
+  buf.resize(static_cast<size_t>(n * de));
+  convert_to_f32(st.dtype(), static_cast<const char*>(st.raw()) + off * dtype_size(st.dtype()), buf.data(), n * de);
+  return buf.data();
+}
+
+// One key block of an online (flash-style) softmax for M query rows: s [M, n] holds scaled scores and is
+// overwritten with the block's weights; m/l are the running max and normaliser; acc [M, D] (row stride
+// acc_ld) accumulates weights · V, V [n, D] with row stride v_ld.
+void online_softmax_block(float* s, int64_t M, int64_t n, const uint8_t* mask, float* m, float* l, float* acc,
+                          int64_t acc_ld, const float* V, int64_t v_ld, int64_t D) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* sr = s + r * n;
+    float bm = kNegInf;
+    for (int64_t j = 0; j < n; ++j)
+      if (!mask || mask[j]) bm = std::max(bm, sr[j]);
+    if (bm == kNegInf) {  // no real key in this block
+      std::fill(sr, sr + n, 0.0f);
+      continue;
+    }
+    const float mn = std::max(m[r], bm);
+    const float scale = std::exp(m[r] - mn);  // 0 on the first real block
+    if (scale != 1.0f) {
+      l[r] *= scale;
+      float* ar = acc + r * acc_ld;
+      for (int64_t i = 0; i < D; ++i) ar[i] *= scale;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      const float p = (!mask || mask[j]) ? std::exp(sr[j] - mn) : 0.0f;
+      sr[j] = p;
+      sum += p;
+    }
+    l[r] += static_cast<float>(sum);
+    m[r] = mn;
+  }
+  if (M == 1) {  // decode: a GEMV streams V without packing it
+    std::vector<float> tmp(static_cast<size_t>(D));
+    kernels::gemv(true, n, D, 1.0f, V, v_ld, s, tmp.data());
+    for (int64_t i = 0; i < D; ++i) acc[i] += tmp[static_cast<size_t>(i)];
+  } else {
+    kernels::gemm(false, false, M, D, n, 1.0f, s, n, V, v_ld, 1.0f, acc, acc_ld);
+  }
+}
+
+void normalise_rows(float* acc, int64_t M, int64_t acc_ld, const float* l, int64_t D) {
+  for (int64_t r = 0; r < M; ++r) {
+    const float inv = 1.0f / l[r];
+    for (int64_t i = 0; i < D; ++i) acc[r * acc_ld + i] *= inv;
+  }
+}
+
+bool any_key(const uint8_t* mask, int64_t K) {
+  if (!mask) return K > 0;
+  for (int64_t j = 0; j < K; ++j)
+    if (mask[j]) return true;
+  return false;
+}
+
+struct Shapes {
+  int64_t B, T, K, de, hd, Hq, Hkv, group, qd, kvd;
+  float scale;
+};
+
+// A batch row whose context is all padding: the reference's additive finfo.min mask makes every key equal,
+// so each query averages V uniformly over all keys: W_v · mean(Φ) (spec §6.13).
+void fully_masked_row(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi, int64_t b, float* att) {
+  std::vector<double> sum(static_cast<size_t>(s.de), 0.0);
+  std::vector<float> buf;
+  for (int64_t k0 = 0; k0 < s.K; k0 += kKeyBlock) {
+    const int64_t n = std::min(kKeyBlock, s.K - k0);
+    const float* rows = state_rows(phi, b, k0, n, buf);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < s.de; ++i) sum[static_cast<size_t>(i)] += rows[j * s.de + i];
+  }
+  std::vector<float> mean(static_cast<size_t>(s.de)), vbar(static_cast<size_t>(s.kvd));
+  for (int64_t i = 0; i < s.de; ++i) mean[static_cast<size_t>(i)] = static_cast<float>(sum[static_cast<size_t>(i)] / static_cast<double>(s.K));
+  kernels::linear(mean.data(), 1, s.de, w.v, vbar.data());
+  for (int64_t t = 0; t < s.T; ++t)
+    for (int64_t h = 0; h < s.Hq; ++h)
+      std::memcpy(att + (b * s.T + t) * s.qd + h * s.hd, vbar.data() + (h / s.group) * s.hd,
+                  static_cast<size_t>(s.hd) * 4);
+}
+
+// Recompute and Cached: K/V blocks (projected now, or read from the cache), per-head online softmax.
+void projected(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi, const uint8_t* mask_b, int64_t b,
+               const float* q, float* att, const Tensor* kc, const Tensor* vc) {
+  std::vector<float> m(static_cast<size_t>(s.Hq * s.T), kNegInf), l(static_cast<size_t>(s.Hq * s.T), 0.0f);
+  float* acc = att + b * s.T * s.qd;
+  for (int64_t t = 0; t < s.T; ++t) std::fill(acc + t * s.qd, acc + t * s.qd + s.qd, 0.0f);
+  std::vector<float> kbuf, vbuf, phibuf;
+  for (int64_t k0 = 0; k0 < s.K; k0 += kKeyBlock) {
+    const int64_t n = std::min(kKeyBlock, s.K - k0);
+    const float *kb, *vb;
+    if (kc) {
+      kb = kc->f32() + (b * s.K + k0) * s.kvd;
+      vb = vc->f32() + (b * s.K + k0) * s.kvd;
+    } else {
+      const float* rows = state_rows(phi, b, k0, n, phibuf);
+      kbuf.resize(static_cast<size_t>(n * s.kvd));
+      vbuf.resize(static_cast<size_t>(n * s.kvd));
+      kernels::linear(rows, n, s.de, w.k, kbuf.data());
+      kernels::linear(rows, n, s.de, w.v, vbuf.data());
+      kb = kbuf.data();
+      vb = vbuf.data();
+    }
+    const uint8_t* mb = mask_b ? mask_b + k0 : nullptr;
+#pragma omp parallel if (s.Hq > 1 && s.T * n * s.hd * s.Hq > (1 << 16))
+    {
+      std::vector<float> sc(static_cast<size_t>(s.T * n));
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < s.Hq; ++h) {
+        const int64_t g = h / s.group;
+        const float* qh = q + b * s.T * s.qd + h * s.hd;
+        if (s.T == 1)
+          kernels::gemv(false, n, s.hd, s.scale, kb + g * s.hd, s.kvd, qh, sc.data());
+        else
+          kernels::gemm(false, true, s.T, n, s.hd, s.scale, qh, s.qd, kb + g * s.hd, s.kvd, 0.0f, sc.data(), n);
+        online_softmax_block(sc.data(), s.T, n, mb, m.data() + h * s.T, l.data() + h * s.T, acc + h * s.hd, s.qd,
+                             vb + g * s.hd, s.kvd, s.hd);
+      }
+    }
+  }
+  for (int64_t h = 0; h < s.Hq; ++h) normalise_rows(acc + h * s.hd, s.T, s.qd, l.data() + h * s.T, s.hd);
+}
+
+// Absorbed: per head, q' = W_k,gᵀ q (folded into encoder space), scores q'·φ_j, u = Σ a_j φ_j, out = W_v,g u.
+// All heads' folded queries go through two GEMMs per key block over the shared states.
+void absorbed(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi, const uint8_t* mask_b, int64_t b,
+              const float* q, float* att) {
+  // Query tokens per pass, so the folded queries stay a small [Hq*tb, de] matrix.
+  const int64_t tb_max = std::max<int64_t>(1, 256 / s.Hq);
+  std::vector<float> qf, u, sc, phibuf, wrow(static_cast<size_t>(s.de)), out;
+  for (int64_t t0 = 0; t0 < s.T; t0 += tb_max) {
+    const int64_t tb = std::min(tb_max, s.T - t0), M = s.Hq * tb;
+    // Fold: qf[h*tb + t] = scale * Σ_i q[t, h, i] W_k[g*hd + i, :], streaming W_k row by row (any dtype).
+    qf.assign(static_cast<size_t>(M * s.de), 0.0f);
+    const size_t es = dtype_size(w.k.dtype());
+    for (int64_t g = 0; g < s.Hkv; ++g)
+      for (int64_t i = 0; i < s.hd; ++i) {
+        const int64_t row = g * s.hd + i;
+        convert_to_f32(w.k.dtype(), static_cast<const char*>(w.k.raw()) + static_cast<size_t>(row * s.de) * es,
+                       wrow.data(), s.de);
+        for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h)
+          for (int64_t t = 0; t < tb; ++t) {
+            const float c = s.scale * q[(b * s.T + t0 + t) * s.qd + h * s.hd + i];
+            float* dst = qf.data() + (h * tb + t) * s.de;
+            for (int64_t e = 0; e < s.de; ++e) dst[e] += c * wrow[static_cast<size_t>(e)];
+          }
+      }
+    std::vector<float> m(static_cast<size_t>(M), kNegInf), l(static_cast<size_t>(M), 0.0f);
+    u.assign(static_cast<size_t>(M * s.de), 0.0f);
+    for (int64_t k0 = 0; k0 < s.K; k0 += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, s.K - k0);
+      const float* rows = state_rows(phi, b, k0, n, phibuf);
+      sc.resize(static_cast<size_t>(M * n));
+      kernels::gemm(false, true, M, n, s.de, 1.0f, qf.data(), s.de, rows, s.de, 0.0f, sc.data(), n);
+      online_softmax_block(sc.data(), M, n, mask_b ? mask_b + k0 : nullptr, m.data(), l.data(), u.data(), s.de, rows,
+                           s.de, s.de);
+    }
+    normalise_rows(u.data(), M, s.de, l.data(), s.de);
+    // out[t, h] = W_v,g u[h, t]: one linear per head over its group's rows of W_v.
+    out.resize(static_cast<size_t>(tb * s.hd));
+    for (int64_t h = 0; h < s.Hq; ++h) {
+      const int64_t g = h / s.group;
+      kernels::linear(u.data() + h * tb * s.de, tb, s.de, w.v.slice0(g * s.hd, (g + 1) * s.hd), out.data());
+      for (int64_t t = 0; t < tb; ++t)
+        std::memcpy(att + (b * s.T + t0 + t) * s.qd + h * s.hd, out.data() + t * s.hd, static_cast<size_t>(s.hd) * 4);
+    }
+  }
+}
+
+// Projects every key's K/V of layer `layer` once (block by block over Φ).
+void fill_cache(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi, Tensor* kc, Tensor* vc) {
+  *kc = Tensor::empty(DType::F32, {s.B, s.K, s.kvd});
+  *vc = Tensor::empty(DType::F32, {s.B, s.K, s.kvd});
+  std::vector<float> buf;
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t k0 = 0; k0 < s.K; k0 += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, s.K - k0);
+      const float* rows = state_rows(phi, b, k0, n, buf);
+      kernels::linear(rows, n, s.de, w.k, kc->f32() + (b * s.K + k0) * s.kvd);
+      kernels::linear(rows, n, s.de, w.v, vc->f32() + (b * s.K + k0) * s.kvd);
+    }
+}
+
+}  // namespace
+
+void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, size_t layer, const CrossInput& in,
+                     int64_t batch, int64_t len, float* h) {
+  const Tensor& phi = *in.states[layer];
+  Shapes s;
+  s.B = batch;
+  s.T = len;
+  s.K = in.keys;
+  s.de = phi.dim(2);
+  s.hd = cfg.head_dim();
+  s.Hq = cfg.num_attention_heads;
+  s.Hkv = cfg.num_key_value_heads;
+  s.group = s.Hq / s.Hkv;
+  s.qd = s.Hq * s.hd;
+  s.kvd = s.Hkv * s.hd;
+  s.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  const int64_t BT = batch * len, d = cfg.hidden_size;
+
+  Tensor xn = Tensor::empty(DType::F32, {BT, d}), q = Tensor::empty(DType::F32, {BT, s.qd});
+  Tensor att = Tensor::empty(DType::F32, {BT, s.qd});
+  kernels::rmsnorm(h, w.norm.f32(), BT, d, static_cast<float>(cfg.rms_norm_eps), xn.f32());
+  kernels::linear(xn.f32(), BT, d, w.q, q.f32());
+
+  const Tensor *kc = nullptr, *vc = nullptr;
+  if (in.mode == CrossAttnMode::Cached) {
+    Tensor& k = (*in.kv_k)[layer];
+    Tensor& v = (*in.kv_v)[layer];
+    if (!k.defined()) fill_cache(s, w, phi, &k, &v);
+    kc = &k;
+    vc = &v;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    const uint8_t* mask_b = in.mask ? in.mask + b * s.K : nullptr;
+    if (!any_key(mask_b, s.K)) {
+      fully_masked_row(s, w, phi, b, att.f32());
+    } else if (in.mode == CrossAttnMode::Absorbed) {
+      absorbed(s, w, phi, mask_b, b, q.f32(), att.f32());
+    } else {
+      projected(s, w, phi, mask_b, b, q.f32(), att.f32(), kc, vc);
+    }
+  }
+  kernels::linear(att.f32(), BT, s.qd, w.o, xn.f32());
+  for (int64_t i = 0; i < BT * d; ++i) h[i] += xn.f32()[i];
+}
+
+CrossAttnMode resolve_cross_attn(CrossAttnMode requested, const LlamaConfig& dec, int64_t enc_hidden, int64_t len,
+                                 bool kv_cached, size_t kv_bytes, size_t kv_budget) {
+  if (requested != CrossAttnMode::Auto) return requested;
+  if (kv_cached || kv_bytes <= kv_budget) return CrossAttnMode::Cached;
+  // Per key and layer, Absorbed costs ~4·T·H·d_enc FLOPs and Recompute ~4·d_enc·kv_dim (+4·T·H·hd):
+  // Absorbed wins while T·H·(d_enc - hd) < d_enc·kv_dim.
+  const double lhs = static_cast<double>(len) * static_cast<double>(dec.num_attention_heads) *
+                     static_cast<double>(enc_hidden - dec.head_dim());
+  const double rhs = static_cast<double>(enc_hidden) * static_cast<double>(dec.kv_dim());
+  return lhs < rhs ? CrossAttnMode::Absorbed : CrossAttnMode::Recompute;
+}
+
+}  // namespace cepe

@@ -1,0 +1,160 @@
+// Cross-attention strategies (recompute, cached, absorbed) against each other and the reference goldens,
+// streaming encoding against one-pass encoding, and BF16 context states.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cepe/generate.h"
+#include "cepe/model.h"
+#include "golden.h"
+
+namespace cepe {
+namespace {
+
+using testing::data_dir;
+using testing::Golden;
+
+const char* kFixtures[] = {"cepe-tiny-a", "ref-gqa", "ref-narrow-enc", "ref-padded-batch", "ref-tied",
+                           "ref-multi-hid", "ref-with-query", "ref-rope-linear", "ref-rope-dynamic",
+                           "ref-encoder-is-model", "ref-with-query-hid", "ref-mqa-wide-enc", "ref-long-chunks-batch"};
+const CrossAttnMode kModes[] = {CrossAttnMode::Recompute, CrossAttnMode::Cached, CrossAttnMode::Absorbed};
+
+float max_abs_diff(const float* a, const float* b, int64_t n) {
+  float m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+Tensor forward(const CepeModel& m, const Golden& g, CrossAttnMode mode, const EncodeOptions& eo = {}) {
+  EncodedContext ctx = m.encode(g.chunks, g.ids.data(), g.mask.data(), g.len, eo);
+  DecodeOptions o;
+  o.cross_attn = mode;
+  return m.decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
+}
+
+class Strategies : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(Strategies, EveryStrategyMatchesTheReference) {
+  const std::string dir = data_dir(GetParam());
+  auto m = CepeModel::load(dir);
+  Golden g(dir);
+  const auto ref = g.f32("logits");
+  Tensor base = forward(*m, g, CrossAttnMode::Recompute);
+  for (CrossAttnMode mode : kModes) {
+    Tensor l = forward(*m, g, mode);
+    ASSERT_EQ(l.numel(), static_cast<int64_t>(ref.size()));
+    EXPECT_LT(max_abs_diff(l.f32(), ref.data(), l.numel()), 1e-4f) << cross_attn_mode_name(mode);
+    EXPECT_LT(max_abs_diff(l.f32(), base.f32(), l.numel()), 1e-5f) << cross_attn_mode_name(mode) << " vs recompute";
+  }
+}
+
+TEST_P(Strategies, GreedyGenerationIsExactWithEveryStrategy) {
+  const std::string dir = data_dir(GetParam());
+  auto m = CepeModel::load(dir);
+  Golden g(dir);
+  if (!g.has("generated_sequences")) GTEST_SKIP() << "the reference cannot generate with this config";
+  const auto ref = g.i64("generated_sequences");
+  const int64_t total = g.shape("generated_sequences")[1];
+  for (CrossAttnMode mode : kModes) {
+    GenerateRequest req;
+    req.batch = g.batch;
+    req.len = g.len;
+    req.ids = g.ids;
+    req.mask = g.mask;
+    req.context = g.chunks;
+    GenerateOptions opt;
+    opt.max_new_tokens = total - g.len;
+    opt.decode.cross_attn = mode;
+    GenerateResult res = generate(*m, req, opt);
+    for (int64_t b = 0; b < g.batch; ++b) {
+      std::vector<int64_t> want(ref.begin() + b * total, ref.begin() + (b + 1) * total);
+      std::vector<int64_t> got(res.sequences[static_cast<size_t>(b)].begin(), res.sequences[static_cast<size_t>(b)].end());
+      EXPECT_EQ(got, want) << cross_attn_mode_name(mode) << " row " << b;
+    }
+  }
+}
+
+// Encoding pass by pass (one chunk at a time) equals encoding all chunks in one pass.
+TEST_P(Strategies, StreamingEncodeEqualsOnePass) {
+  const std::string dir = data_dir(GetParam());
+  auto m = CepeModel::load(dir);
+  Golden g(dir);
+  EncodeOptions one, streamed;
+  one.batch_tokens = 1 << 20;
+  streamed.batch_tokens = 1;  // one chunk per pass
+  int64_t calls = 0, last_done = 0;
+  streamed.progress = [&](int64_t done, int64_t total) {
+    ++calls;
+    EXPECT_GT(done, last_done);
+    EXPECT_EQ(total, g.batch * g.chunks.n_ctx);
+    last_done = done;
+  };
+  EncodedContext a = m->encode(g.chunks, g.ids.data(), g.mask.data(), g.len, one);
+  EncodedContext b = m->encode(g.chunks, g.ids.data(), g.mask.data(), g.len, streamed);
+  EXPECT_EQ(calls, g.batch * g.chunks.n_ctx);
+  ASSERT_EQ(a.states.size(), b.states.size());
+  for (size_t e = 0; e < a.states.size(); ++e)
+    // Not bit-exact: the BLAS may sum in another order for another number of rows.
+    EXPECT_LT(max_abs_diff(a.states[e].f32(), b.states[e].f32(), a.states[e].numel()), 1e-5f) << "entry " << e;
+  EXPECT_TRUE(std::equal(a.mask.data<uint8_t>(), a.mask.data<uint8_t>() + a.mask.numel(), b.mask.data<uint8_t>()));
+}
+
+// BF16 context states: half the memory, logits within bf16 rounding of the F32-state logits, for every strategy.
+TEST_P(Strategies, Bf16StatesStayClose) {
+  const std::string dir = data_dir(GetParam());
+  auto m = CepeModel::load(dir);
+  Golden g(dir);
+  EncodeOptions bf;
+  bf.state_dtype = DType::BF16;
+  EncodedContext c16 = m->encode(g.chunks, g.ids.data(), g.mask.data(), g.len, bf);
+  EncodedContext c32 = m->encode(g.chunks, g.ids.data(), g.mask.data(), g.len);
+  EXPECT_EQ(c16.final_states().dtype(), DType::BF16);
+  EXPECT_LT(c16.state_bytes(), c32.state_bytes());
+  Tensor ref = forward(*m, g, CrossAttnMode::Recompute);
+  for (CrossAttnMode mode : kModes) {
+    Tensor l = forward(*m, g, mode, bf);
+    EXPECT_LT(max_abs_diff(l.f32(), ref.f32(), l.numel()), 5e-2f) << cross_attn_mode_name(mode);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Strategies, ::testing::ValuesIn(kFixtures), [](const auto& info) {
+  std::string n = info.param;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+});
+
+// A batch row whose context is entirely padding averages V over all keys (the eager reference's result),
+// the same in every strategy.
+TEST(CrossAttention, AllPaddingRowIsTheSameInEveryStrategy) {
+  auto m = CepeModel::load(data_dir("ref-gqa"));
+  Golden g(data_dir("ref-gqa"));
+  ContextChunks c = g.chunks;
+  const int64_t per_row = c.n_ctx * c.ctx_len;
+  std::fill(c.mask.begin() + per_row, c.mask.begin() + 2 * per_row, 0);  // row 1: no real context token
+  EncodedContext ctx = m->encode(c);
+  std::vector<Tensor> out;
+  for (CrossAttnMode mode : kModes) {
+    EncodedContext copy = ctx;
+    DecodeOptions o;
+    o.cross_attn = mode;
+    out.push_back(m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &copy, o));
+  }
+  for (size_t i = 1; i < out.size(); ++i) EXPECT_LT(max_abs_diff(out[0].f32(), out[i].f32(), out[0].numel()), 1e-5f);
+  for (int64_t i = 0; i < out[0].numel(); ++i) ASSERT_TRUE(std::isfinite(out[0].f32()[i]));
+}
+
+TEST(CrossAttention, AutoPicksCachedWithinBudgetAndAbsorbedForDecodeOtherwise) {
+  auto m = CepeModel::load(data_dir("cepe-tiny-a"));
+  Golden g(data_dir("cepe-tiny-a"));
+  EncodedContext ctx = m->encode(g.chunks);
+  DecodeOptions o;  // budget 0: nothing may be cached
+  m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
+  EXPECT_EQ(ctx.cross_kv_bytes(), 0u);
+  o.cross_kv_budget = m->cross_kv_bytes(g.batch, ctx.keys());
+  m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
+  EXPECT_EQ(ctx.cross_kv_bytes(), o.cross_kv_budget);
+}
+
+}  // namespace
+}  // namespace cepe
