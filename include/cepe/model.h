@@ -50,11 +50,18 @@ struct EncodeOptions {
   std::function<void(int64_t done, int64_t total)> progress;
 };
 
+// Time and arithmetic spent in cross-attention (filled when DecodeOptions::stats is set).
+struct CrossAttnStats {
+  double seconds = 0;
+  double flops = 0;
+};
+
 struct DecodeOptions {
   CrossAttnMode cross_attn = CrossAttnMode::Auto;
   size_t cross_kv_budget = 0;  // bytes the Auto strategy may spend on a cross K/V cache
   bool last_only = false;      // logits for the last position only
   int64_t mask_stride = 0;     // row stride of the attention mask (0 = past + T)
+  CrossAttnStats* stats = nullptr;
 };
 
 // Context chunks for one batch: ids and mask [B, n_ctx, ctx_len].
@@ -97,6 +104,10 @@ class CepeModel {
   void check_encoder_ids(const int32_t* ids, int64_t n, const std::string& what) const;
 
   size_t weight_bytes() const;
+
+  // Identifies what determines the encoder states (encoder config, encode mode, encoder weights sampled
+  // throughout each tensor): two models with the same fingerprint produce the same contexts.
+  std::string encoder_fingerprint() const;
 
  private:
   CepeModel();

@@ -204,6 +204,7 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
     for (const Tensor& t : ctx->cross_k) cached = cached || t.defined();
     ci.mode = resolve_cross_attn(opt.cross_attn, c.decoder, c.encoder_hidden_size, len, cached,
                                  cross_kv_bytes(batch, ci.keys), opt.cross_kv_budget);
+    ci.stats = opt.stats;
     ci.kv_k = &ctx->cross_k;
     ci.kv_v = &ctx->cross_v;
   }
@@ -292,6 +293,69 @@ size_t CepeModel::weight_bytes() const {
   add_trunk(impl_->encoder);
   if (!impl_->cfg.decoder.tie_word_embeddings) n += impl_->lm_head.nbytes();
   return n;
+}
+
+}  // namespace cepe
+
+namespace cepe {
+
+namespace {
+
+// FNV-1a, 64 bit: small and stable across platforms (an identity check, not a security boundary).
+struct Fnv {
+  uint64_t h = 0xcbf29ce484222325ull;
+  void add(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  }
+  void add(const std::string& s) { add(s.data(), s.size() + 1); }
+  void add(int64_t v) { add(&v, sizeof v); }
+};
+
+void hash_tensor(Fnv& f, const std::string& name, const Tensor& t) {
+  f.add(name);
+  f.add(std::string(dtype_name(t.dtype())));
+  for (int64_t d : t.shape()) f.add(d);
+  // 64 evenly spaced 1 KiB samples: enough to tell checkpoints apart without reading gigabytes.
+  const size_t bytes = t.nbytes(), sample = 1024, count = 64;
+  const auto* p = static_cast<const uint8_t*>(t.raw());
+  if (bytes <= sample * count) {
+    f.add(p, bytes);
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) f.add(p + (bytes - sample) / (count - 1) * i, sample);
+}
+
+}  // namespace
+
+std::string CepeModel::encoder_fingerprint() const {
+  const ModelImpl& im = *impl_;
+  const CepeConfig& c = im.cfg;
+  Fnv f;
+  const LlamaConfig& e = c.encoder_trunk();
+  for (int64_t v : {e.vocab_size, e.hidden_size, e.intermediate_size, e.num_hidden_layers, e.num_attention_heads,
+                    e.num_key_value_heads, e.max_position_embeddings, c.num_cross_attn_hidden_states > 1 ? int64_t{1} : 0,
+                    static_cast<int64_t>(c.encoder_is_model)})
+    f.add(v);
+  f.add(&e.rms_norm_eps, sizeof e.rms_norm_eps);
+  f.add(&e.rope_theta, sizeof e.rope_theta);
+  f.add(static_cast<int64_t>(e.rope_scaling.type));
+  f.add(&e.rope_scaling.factor, sizeof e.rope_scaling.factor);
+  f.add(c.encode_mode_name);
+  const TrunkWeights& w = c.encoder_is_model ? im.decoder : im.encoder;
+  hash_tensor(f, "embed", w.embed);
+  hash_tensor(f, "norm", w.norm);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LayerWeights& l = w.layers[i];
+    const std::string p = std::to_string(i) + ".";
+    for (const auto& [n, t] : {std::pair<const char*, const Tensor*>{"in", &l.input_norm}, {"post", &l.post_norm},
+                               {"q", &l.self_attn.q}, {"k", &l.self_attn.k}, {"v", &l.self_attn.v},
+                               {"o", &l.self_attn.o}, {"gate", &l.gate}, {"up", &l.up}, {"down", &l.down}})
+      hash_tensor(f, p + n, *t);
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(f.h));
+  return hex;
 }
 
 }  // namespace cepe

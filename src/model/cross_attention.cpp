@@ -1,6 +1,7 @@
 #include "model/cross_attention.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -210,6 +211,7 @@ void fill_cache(const Shapes& s, const CrossAttentionWeights& w, const Tensor& p
 
 void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, size_t layer, const CrossInput& in,
                      int64_t batch, int64_t len, float* h) {
+  const auto t_start = std::chrono::steady_clock::now();
   const Tensor& phi = *in.states[layer];
   Shapes s;
   s.B = batch;
@@ -231,9 +233,11 @@ void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, siz
   kernels::linear(xn.f32(), BT, d, w.q, q.f32());
 
   const Tensor *kc = nullptr, *vc = nullptr;
+  bool kc_was_cached = false;
   if (in.mode == CrossAttnMode::Cached) {
     Tensor& k = (*in.kv_k)[layer];
     Tensor& v = (*in.kv_v)[layer];
+    kc_was_cached = k.defined();
     if (!k.defined()) fill_cache(s, w, phi, &k, &v);
     kc = &k;
     vc = &v;
@@ -250,6 +254,21 @@ void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, siz
   }
   kernels::linear(att.f32(), BT, s.qd, w.o, xn.f32());
   for (int64_t i = 0; i < BT * d; ++i) h[i] += xn.f32()[i];
+  if (in.stats) {
+    // Multiply-adds counted as 2 FLOPs: q/o projections, then the strategy's work over the K keys.
+    const double T = static_cast<double>(BT), K = static_cast<double>(s.K) * static_cast<double>(batch);
+    const double de = static_cast<double>(s.de), Hq = static_cast<double>(s.Hq), hd = static_cast<double>(s.hd);
+    double f = 4.0 * T * static_cast<double>(d) * static_cast<double>(s.qd);
+    const double attend = 4.0 * T / static_cast<double>(batch) * Hq * K * hd;  // scores + weighted sum
+    if (in.mode == CrossAttnMode::Absorbed)
+      f += 4.0 * T / static_cast<double>(batch) * Hq * K * de + 4.0 * T * Hq * hd * de;
+    else if (in.mode == CrossAttnMode::Recompute || !kc_was_cached)
+      f += 4.0 * K * de * static_cast<double>(s.kvd) + attend;
+    else
+      f += attend;
+    in.stats->flops += f;
+    in.stats->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  }
 }
 
 CrossAttnMode resolve_cross_attn(CrossAttnMode requested, const LlamaConfig& dec, int64_t enc_hidden, int64_t len,

@@ -23,6 +23,7 @@ struct CrossInput {
   CrossAttnMode mode = CrossAttnMode::Recompute;  // resolved: never Auto
   std::vector<Tensor>* kv_k = nullptr;  // per-layer K/V for Cached, filled on first use
   std::vector<Tensor>* kv_v = nullptr;
+  CrossAttnStats* stats = nullptr;
 };
 
 // h[B*T, hidden] += CrossAttn(RMSNorm_ca(h), Φ) for decoder layer `layer`.

@@ -1,0 +1,64 @@
+#include "context_input.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cepe/context.h"
+
+namespace cepe::cli {
+
+namespace {
+std::string read_context_file(const std::string& path) {
+  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path)) throw Error("not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot open context file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+ContextInputOptions context_input_options(const Args& args) {
+  ContextInputOptions o;
+  o.files = args.all("--context");
+  o.texts = args.all("--context-text");
+  const long long n = args.integer("--chunk-len", 256);
+  // Bounded: every chunk is padded to chunk_len, so an absurd value would fill memory token by token.
+  if (n <= 0 || n > (1 << 20)) throw Error("--chunk-len must be in [1, 1048576]");
+  o.chunk_len = n;
+  return o;
+}
+
+ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenizer& tok, const CepeModel& model) {
+  std::vector<std::vector<int32_t>> docs;
+  for (const std::string& f : in.files) {
+    try {
+      docs.push_back(tok.encode(read_context_file(f), /*add_bos=*/false));
+    } catch (const Error& e) {
+      throw Error(f + ": " + e.what());
+    }
+  }
+  for (size_t i = 0; i < in.texts.size(); ++i) {
+    try {
+      docs.push_back(tok.encode(in.texts[i], /*add_bos=*/false));
+    } catch (const Error& e) {
+      throw Error("--context-text " + std::to_string(i + 1) + ": " + e.what());
+    }
+  }
+  return chunk_documents(docs, in.chunk_len, static_cast<int32_t>(model.config().decoder.eos_token_id));
+}
+
+EncodeOptions encode_options(const Args& args) {
+  EncodeOptions o;
+  const std::string dt = args.str("--ctx-dtype", "f32");
+  if (dt == "f32") o.state_dtype = DType::F32;
+  else if (dt == "bf16") o.state_dtype = DType::BF16;
+  else throw Error("--ctx-dtype must be f32 or bf16, not '" + dt + "'");
+  const long long bt = args.integer("--batch-tokens", 8192);
+  if (bt <= 0) throw Error("--batch-tokens must be positive");
+  o.batch_tokens = bt;
+  return o;
+}
+
+}  // namespace cepe::cli

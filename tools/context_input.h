@@ -1,0 +1,24 @@
+#pragma once
+// The context options shared by `cepe encode` and `cepe generate`: files (-c), inline texts
+// (--context-text), chunk length and state dtype, turned into encoder chunks.
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "cepe/model.h"
+#include "cepe/tokenizer.h"
+
+namespace cepe::cli {
+
+struct ContextInputOptions {
+  std::vector<std::string> files, texts;
+  int64_t chunk_len = 256;
+};
+
+ContextInputOptions context_input_options(const Args& args);
+// Tokenizes every input without BOS and cuts it into chunks (the last of each padded by mask).
+ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenizer& tok, const CepeModel& model);
+// --ctx-dtype and --batch-tokens.
+EncodeOptions encode_options(const Args& args);
+
+}  // namespace cepe::cli
