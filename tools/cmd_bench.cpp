@@ -306,7 +306,8 @@ int cmd_bench(int argc, char** argv) {
       const int64_t total = L + b.prompt;
       r.kv_bytes = kv_per_token * static_cast<double>(total + b.gen);
       const int64_t block = 512;
-      const double need = weights + r.kv_bytes + pass_scratch(dec, block) +
+      // Only the decoder's own weights are touched in this mode.
+      const double need = weights - static_cast<double>(model->context_weight_bytes()) + r.kv_bytes + pass_scratch(dec, block) +
                           4.0 * static_cast<double>(block * (total + b.gen)) * kernels::num_threads() + 64e6;
       if (need > b.budget) {
         r.note = "does not fit (needs " + gb(need) + ")";

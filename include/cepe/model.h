@@ -104,6 +104,8 @@ class CepeModel {
   void check_encoder_ids(const int32_t* ids, int64_t n, const std::string& what) const;
 
   size_t weight_bytes() const;
+  // The part of weight_bytes() that only reads contexts: the encoder and the cross-attention modules.
+  size_t context_weight_bytes() const;
 
   // Identifies what determines the encoder states (encoder config, encode mode, encoder weights sampled
   // throughout each tensor): two models with the same fingerprint produce the same contexts.

@@ -19,7 +19,6 @@ struct ModelImpl {
   TrunkWeights decoder;
   TrunkWeights encoder;  // empty when encoder_is_model or no encoder
   Tensor lm_head;        // [V, hidden]; the embedding matrix when tied
-  size_t weight_bytes = 0;
 };
 
 CepeModel::CepeModel() = default;
@@ -278,19 +277,35 @@ std::unique_ptr<KVCache> CepeModel::make_cache(int64_t batch, int64_t capacity) 
   return std::make_unique<KVCache>(d.num_hidden_layers, batch, capacity, d.kv_dim());
 }
 
+namespace {
+
+size_t cross_bytes(const LayerWeights& l) {
+  return l.cross ? l.cross->norm.nbytes() + l.cross->q.nbytes() + l.cross->k.nbytes() + l.cross->v.nbytes() +
+                       l.cross->o.nbytes()
+                 : 0;
+}
+
+// Every weight of a trunk, with or without its layers' cross-attention modules.
+size_t trunk_bytes(const TrunkWeights& w, bool with_cross) {
+  if (!w.embed.defined()) return 0;
+  size_t n = w.embed.nbytes() + w.norm.nbytes();
+  for (const LayerWeights& l : w.layers)
+    n += l.input_norm.nbytes() + l.post_norm.nbytes() + l.self_attn.q.nbytes() + l.self_attn.k.nbytes() +
+         l.self_attn.v.nbytes() + l.self_attn.o.nbytes() + l.gate.nbytes() + l.up.nbytes() + l.down.nbytes() +
+         (with_cross ? cross_bytes(l) : 0);
+  return n;
+}
+
+}  // namespace
+
+size_t CepeModel::context_weight_bytes() const {
+  size_t n = trunk_bytes(impl_->encoder, false);
+  for (const LayerWeights& l : impl_->decoder.layers) n += cross_bytes(l);
+  return n;
+}
+
 size_t CepeModel::weight_bytes() const {
-  size_t n = 0;
-  auto add_trunk = [&](const TrunkWeights& w) {
-    if (!w.embed.defined()) return;
-    n += w.embed.nbytes() + w.norm.nbytes();
-    for (const LayerWeights& l : w.layers) {
-      n += l.input_norm.nbytes() + l.post_norm.nbytes() + l.self_attn.q.nbytes() + l.self_attn.k.nbytes() +
-           l.self_attn.v.nbytes() + l.self_attn.o.nbytes() + l.gate.nbytes() + l.up.nbytes() + l.down.nbytes();
-      if (l.cross) n += l.cross->norm.nbytes() + l.cross->q.nbytes() + l.cross->k.nbytes() + l.cross->v.nbytes() + l.cross->o.nbytes();
-    }
-  };
-  add_trunk(impl_->decoder);
-  add_trunk(impl_->encoder);
+  size_t n = trunk_bytes(impl_->decoder, true) + trunk_bytes(impl_->encoder, false);
   if (!impl_->cfg.decoder.tie_word_embeddings) n += impl_->lm_head.nbytes();
   return n;
 }
