@@ -25,6 +25,7 @@
 #include "core/half.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemv_half.h"
 
 namespace cepe::bench {
 namespace {
@@ -85,8 +86,7 @@ const std::vector<Tensor>& weights(DType dt, int64_t N, int64_t K) {
     if (dt == DType::F32) {
       fill_random(static_cast<float*>(mem.get()), N * K, 100 + c);
     } else {
-      auto* h = static_cast<uint16_t*>(mem.get());
-      for (int64_t i = 0; i < N * K; ++i) h[i] = f32_to_bf16(tmp.data()[i]);
+      convert_from_f32(tmp.data(), dt, mem.get(), N * K);  // bf16 or f16
     }
     ws.emplace_back(mem, mem.get(), dt, Shape{N, K});
   }
@@ -109,6 +109,40 @@ void bm_linear(benchmark::State& state, DType dt, int64_t N, int64_t M) {
   size_t i = 0;
   for (auto _ : state) {
     kernels::linear(x.data(), M, K, ws[i++ % ws.size()], y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * static_cast<double>(dtype_size(dt)));
+}
+
+// The small-M kernel pinned to one instruction set (kernels::linear picks the best one).
+void bm_gemv_rows(benchmark::State& state, DType dt, int64_t N, int64_t M, kernels::detail::GemvIsa isa) {
+  if (!kernels::detail::gemv_isa_supported(isa)) {
+    state.SkipWithError("instruction set not supported by this CPU");
+    return;
+  }
+  const int64_t K = kHidden;
+  const auto& ws = weights(dt, N, K);
+  const F32Buffer x = random_f32(M * K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
+  size_t i = 0;
+  for (auto _ : state) {
+    kernels::detail::gemv_rows(x.data(), M, K, ws[i++ % ws.size()].raw(), dt, N, y.data(), false, isa);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * static_cast<double>(dtype_size(dt)));
+}
+
+// The pre-gemv_half path for half weights at small M: widen 64-row tiles, then sgemm on each.
+void bm_widen_sgemm(benchmark::State& state, DType dt, int64_t N, int64_t M) {
+  const int64_t K = kHidden;
+  const auto& ws = weights(dt, N, K);
+  const F32Buffer x = random_f32(M * K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
+  size_t i = 0;
+  for (auto _ : state) {
+    kernels::detail::linear_widen_sgemm(x.data(), M, K, ws[i++ % ws.size()].raw(), dt, N, y.data(), false);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -156,21 +190,41 @@ void bm_matvec_loop(benchmark::State& state, int64_t N) {
   set_counters(state, 2.0 * N * K, static_cast<double>(N * K) * sizeof(float));
 }
 
-// What linear() would cost if it sent M=1 to sgemm (y = x · Wᵀ, the nn.Linear "NT" case) instead of sgemv.
-void bm_sgemm_m1(benchmark::State& state, int64_t N) {
+// What linear() would cost if it sent M rows to sgemm (y = x · Wᵀ, the nn.Linear "NT" case); for M = 1 that
+// is the packed path linear() avoids with sgemv, for 2 <= M <= 8 it was linear()'s f32 path.
+void bm_sgemm(benchmark::State& state, int64_t N, int64_t M) {
   const int64_t K = kHidden;
   const auto& ws = weights(DType::F32, N, K);
-  const F32Buffer x = random_f32(K, 1);
-  F32Buffer y{aligned_buffer(static_cast<size_t>(N) * sizeof(float)), N};
+  const F32Buffer x = random_f32(M * K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
   size_t i = 0;
   for (auto _ : state) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, static_cast<blasint>(N), static_cast<blasint>(K), 1.0f,
-                x.data(), static_cast<blasint>(K), ws[i++ % ws.size()].data<float>(), static_cast<blasint>(K), 0.0f,
-                y.data(), static_cast<blasint>(N));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(M), static_cast<blasint>(N),
+                static_cast<blasint>(K), 1.0f, x.data(), static_cast<blasint>(K), ws[i++ % ws.size()].data<float>(),
+                static_cast<blasint>(K), 0.0f, y.data(), static_cast<blasint>(N));
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, 2.0 * N * K, static_cast<double>(N * K) * sizeof(float));
+  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * sizeof(float));
+}
+
+// The f32 decode reference: M separate cblas_sgemv calls (each streams the weights once; M = 1 is exactly
+// linear_f32/M:1). The small-M ratios in docs/gemm-backend.md are taken against this, from the same run.
+void bm_sgemv_xM(benchmark::State& state, int64_t N, int64_t M) {
+  const int64_t K = kHidden;
+  const auto& ws = weights(DType::F32, N, K);
+  const F32Buffer x = random_f32(M * K, 1);
+  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
+  size_t i = 0;
+  for (auto _ : state) {
+    const float* w = ws[i++ % ws.size()].data<float>();
+    for (int64_t m = 0; m < M; ++m)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(N), static_cast<blasint>(K), 1.0f, w,
+                  static_cast<blasint>(K), x.data() + m * K, 1, 0.0f, y.data() + m * N, 1);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * sizeof(float));
 }
 
 // --- attention --------------------------------------------------------------------------------------------
@@ -222,6 +276,7 @@ void register_all() {
   auto name = [](const std::string& kind, int64_t N, int64_t M) {
     return kind + "/" + std::to_string(N) + "x" + std::to_string(kHidden) + "/M:" + std::to_string(M);
   };
+  using kernels::detail::GemvIsa;
   for (int64_t N : {kHidden, kFfn}) {
     for (int64_t M : {int64_t{1}, int64_t{256}}) {
       tune(benchmark::RegisterBenchmark(name("linear_f32", N, M).c_str(), bm_linear, DType::F32, N, M));
@@ -231,7 +286,24 @@ void register_all() {
                                       bm_matvec_loop<naive_matvec>, N));
     tune(benchmark::RegisterBenchmark(name("baseline_naive_simd_matvec_f32", N, 1).c_str(),
                                       bm_matvec_loop<naive_matvec_simd>, N));
-    tune(benchmark::RegisterBenchmark(name("baseline_cblas_sgemm_f32", N, 1).c_str(), bm_sgemm_m1, N));
+    tune(benchmark::RegisterBenchmark(name("baseline_cblas_sgemm_f32", N, 1).c_str(), bm_sgemm, N, 1));
+  }
+  // Decode with a few rows (M = 1, 4, 8: e.g. a batch of sequences or speculative tokens), every weight
+  // dtype, next to the f32 references from the same run: M sgemv calls and one M-row sgemm.
+  for (int64_t N : {kHidden, kFfn}) {
+    for (int64_t M : {int64_t{1}, int64_t{4}, int64_t{8}}) {
+      tune(benchmark::RegisterBenchmark(name("small_m/sgemv_xM_f32", N, M).c_str(), bm_sgemv_xM, N, M));
+      tune(benchmark::RegisterBenchmark(name("small_m/linear_f32", N, M).c_str(), bm_linear, DType::F32, N, M));
+      tune(benchmark::RegisterBenchmark(name("small_m/linear_bf16", N, M).c_str(), bm_linear, DType::BF16, N, M));
+      tune(benchmark::RegisterBenchmark(name("small_m/linear_f16", N, M).c_str(), bm_linear, DType::F16, N, M));
+      if (M > 1) tune(benchmark::RegisterBenchmark(name("small_m/sgemm_f32", N, M).c_str(), bm_sgemm, N, M));
+      tune(benchmark::RegisterBenchmark(name("small_m/gemv_rows_avx512_f32", N, M).c_str(), bm_gemv_rows,
+                                        DType::F32, N, M, GemvIsa::Avx512));
+      tune(benchmark::RegisterBenchmark(name("small_m/gemv_rows_avx2_bf16", N, M).c_str(), bm_gemv_rows,
+                                        DType::BF16, N, M, GemvIsa::Avx2));
+      tune(benchmark::RegisterBenchmark(name("small_m/widen_sgemm_bf16", N, M).c_str(), bm_widen_sgemm,
+                                        DType::BF16, N, M));
+    }
   }
   // CEPE encoder: 16 chunks of 256 tokens, 16 heads x 64, bidirectional.
   tune(benchmark::RegisterBenchmark("attention_encoder/B:16/T:256/H:16x64/bidir", bm_attention,

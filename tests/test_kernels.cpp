@@ -20,6 +20,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemv_half.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/softmax.h"
@@ -1224,6 +1225,224 @@ TEST(HalfConversion, TensorConvertRoundTrip) {
       ASSERT_EQ(back[i], dt == DType::BF16 ? bf16_to_f32(want) : f16_to_f32(want));
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// small-M linear: half (and f32) weights widened in registers (gemv_half.h)
+// ---------------------------------------------------------------------------------------------------
+
+using kernels::detail::GemvIsa;
+
+std::vector<GemvIsa> gemv_isas() {
+  std::vector<GemvIsa> isas;
+  for (GemvIsa isa : {GemvIsa::Generic, GemvIsa::Avx2, GemvIsa::Avx512})
+    if (kernels::detail::gemv_isa_supported(isa)) isas.push_back(isa);
+  return isas;
+}
+
+// x · widen(W)ᵀ in double, and the sum of |terms| of each output (the scale of its fp32 rounding error).
+struct GemvRef {
+  std::vector<double> dot, mag;
+};
+
+GemvRef gemv_reference(const std::vector<float>& x, const std::vector<float>& wf, int64_t M, int64_t K, int64_t N) {
+  GemvRef r{std::vector<double>(idx(M * N)), std::vector<double>(idx(M * N))};
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t n = 0; n < N; ++n) {
+      const float* xr = x.data() + i * K;
+      const float* wr = wf.data() + n * K;
+      double s = 0, a = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = static_cast<double>(xr[k]) * wr[k];
+        s += p;
+        a += std::fabs(p);
+      }
+      r.dot[idx(i * N + n)] = s;
+      r.mag[idx(i * N + n)] = a;
+    }
+  return r;
+}
+
+// Runs `fn(y, accumulate)` with accumulate off (y pre-filled with NaN: must not be read) and on (y random),
+// checks y against the reference to 1e-6 of the sum of |terms| (fp32 sums, in another order than the
+// double reference), and checks that the `guard` floats after y are untouched.
+template <typename Fn>
+void check_gemv_against(const GemvRef& ref, std::mt19937& rng, const std::string& what, Fn fn) {
+  constexpr size_t guard = 17;
+  constexpr float sentinel = -31.0f;
+  const size_t n = ref.dot.size();
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE(what + " accumulate=" + std::to_string(accumulate));
+    std::vector<float> y0 = accumulate ? random_vec(rng, static_cast<int64_t>(n)) : std::vector<float>(n, kNaN);
+    std::vector<float> y = y0;
+    y.resize(n + guard, sentinel);
+    fn(y.data(), accumulate);
+    std::vector<double> want(n + guard, sentinel), scale(n + guard, 0.0);
+    for (size_t i = 0; i < n; ++i) {
+      want[i] = ref.dot[i] + (accumulate ? static_cast<double>(y0[i]) : 0.0);
+      scale[i] = ref.mag[i] + (accumulate ? std::fabs(static_cast<double>(y0[i])) : 0.0);
+    }
+    EXPECT_TRUE(close_all(y, want, 1e-30, 1e-6, &scale));
+  }
+}
+
+const int64_t kGemvM[] = {1, 2, 3, 5, 8, 9};
+const int64_t kGemvK[] = {1, 15, 16, 17, 31, 64, 100, 4096};
+const int64_t kGemvN[] = {1, 7, 64, 1000};
+
+TEST(KernelGemvHalf, LinearMatchesDoubleReference) {
+  // kernels::linear: M <= 8 takes the small-M kernel of the best instruction set, M = 9 the sgemm path.
+  uint32_t seed = 500;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t K : kGemvK)
+      for (int64_t N : kGemvN) {
+        std::mt19937 rng(seed++);
+        std::vector<float> wf;
+        const Tensor W = make_weight(rng, N, K, dt, &wf);
+        for (int64_t M : kGemvM) {
+          const std::vector<float> x = random_vec(rng, M * K);
+          const GemvRef ref = gemv_reference(x, wf, M, K, N);
+          const std::string what = std::string(dtype_name(dt)) + " M=" + std::to_string(M) + " K=" +
+                                   std::to_string(K) + " N=" + std::to_string(N);
+          check_gemv_against(ref, rng, what,
+                             [&](float* y, bool acc) { kernels::linear(x.data(), M, K, W, y, acc); });
+        }
+      }
+}
+
+TEST(KernelGemvHalf, EveryIsaMatchesDoubleReference) {
+  // Each compiled instruction set this CPU runs (the portable C++ one always), called directly.
+  const auto isas = gemv_isas();
+  ASSERT_FALSE(isas.empty());
+  uint32_t seed = 900;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t K : kGemvK)
+      for (int64_t N : kGemvN) {
+        std::mt19937 rng(seed++);
+        std::vector<float> wf;
+        const Tensor W = make_weight(rng, N, K, dt, &wf);
+        for (int64_t M : kGemvM) {
+          if (M > kernels::detail::kGemvMaxRows) continue;
+          const std::vector<float> x = random_vec(rng, M * K);
+          const GemvRef ref = gemv_reference(x, wf, M, K, N);
+          for (GemvIsa isa : isas) {
+            const std::string what = std::string(kernels::detail::gemv_isa_name(isa)) + " " + dtype_name(dt) +
+                                     " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                                     " N=" + std::to_string(N);
+            check_gemv_against(ref, rng, what, [&](float* y, bool acc) {
+              kernels::detail::gemv_rows(x.data(), M, K, W.raw(), dt, N, y, acc, isa);
+            });
+          }
+        }
+      }
+}
+
+TEST(KernelGemvHalf, IntegerOperandsAreExact) {
+  // Small integers times small integers and halves: every product and partial sum is exact in fp32, so
+  // each isa must reproduce the double result bit for bit, whatever its summation order (K covers the
+  // unrolled main loop, the single steps and the masked / padded tail).
+  std::mt19937 rng(77);
+  std::uniform_int_distribution<int> d(-8, 8);
+  const int64_t K = 16 * 9 + 7, N = 37;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+    Tensor W = Tensor::empty(dt, {N, K});
+    std::vector<float> wf(idx(N * K));
+    for (size_t i = 0; i < wf.size(); ++i) {
+      wf[i] = static_cast<float>(d(rng)) * 0.5f;
+      if (dt == DType::F32) W.data<float>()[i] = wf[i];
+      else W.data<uint16_t>()[i] = dt == DType::BF16 ? f32_to_bf16(wf[i]) : f32_to_f16(wf[i]);
+    }
+    for (int64_t M = 1; M <= kernels::detail::kGemvMaxRows; ++M) {
+      std::vector<float> x(idx(M * K));
+      for (auto& v : x) v = static_cast<float>(d(rng));
+      const GemvRef ref = gemv_reference(x, wf, M, K, N);
+      for (GemvIsa isa : gemv_isas()) {
+        std::vector<float> y(idx(M * N), kNaN);
+        kernels::detail::gemv_rows(x.data(), M, K, W.raw(), dt, N, y.data(), false, isa);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_EQ(y[i], static_cast<float>(ref.dot[i]))
+              << kernels::detail::gemv_isa_name(isa) << " " << dtype_name(dt) << " M=" << M << " at " << i;
+      }
+    }
+  }
+}
+
+TEST(KernelGemvHalf, WidensEveryBitPattern) {
+  // W = every 16-bit pattern as a column (K = 1), x = 1: y must be the scalar widening exactly
+  // (f16 subnormals, infinities, signed zeros and NaNs included).
+  const int64_t N = 65536;
+  const float one = 1.0f;
+  for (DType dt : {DType::BF16, DType::F16}) {
+    Tensor W = Tensor::empty(dt, {N, 1});
+    for (int64_t i = 0; i < N; ++i) W.data<uint16_t>()[i] = static_cast<uint16_t>(i);
+    for (GemvIsa isa : gemv_isas()) {
+      std::vector<float> y(idx(N), 0.0f);
+      kernels::detail::gemv_rows(&one, 1, 1, W.raw(), dt, N, y.data(), false, isa);
+      for (int64_t i = 0; i < N; ++i) {
+        const auto h = static_cast<uint16_t>(i);
+        const float want = dt == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+        if (std::isnan(want)) {
+          ASSERT_TRUE(std::isnan(y[idx(i)])) << kernels::detail::gemv_isa_name(isa) << " " << dtype_name(dt) << " " << i;
+        } else {
+          // w * 1 + 0 turns -0 into +0; compare values.
+          ASSERT_EQ(y[idx(i)], want) << kernels::detail::gemv_isa_name(isa) << " " << dtype_name(dt) << " " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelGemvHalf, DeterministicAcrossRunsAndThreadCounts) {
+  // Each output is one thread's fixed-order sum: bit-identical run to run, and (by construction, not a
+  // requirement of linear()) for any thread count.
+  std::mt19937 rng(78);
+  const int64_t K = 4096 + 5, N = 1000 + 3;
+  const int saved = kernels::num_threads();
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int64_t M : {1, 3, 8}) {
+      if (dt == DType::F32 && M == 1) continue;  // OpenBLAS sgemv, whose sums depend on its threads
+      std::vector<float> wf;
+      const Tensor W = make_weight(rng, N, K, dt, &wf);
+      const std::vector<float> x = random_vec(rng, M * K);
+      std::vector<float> first(idx(M * N)), again(idx(M * N)), single(idx(M * N));
+      kernels::set_num_threads(2);
+      kernels::linear(x.data(), M, K, W, first.data());
+      kernels::linear(x.data(), M, K, W, again.data());
+      kernels::set_num_threads(1);
+      kernels::linear(x.data(), M, K, W, single.data());
+      kernels::set_num_threads(saved);
+      ASSERT_EQ(0, std::memcmp(first.data(), again.data(), first.size() * sizeof(float))) << dtype_name(dt) << M;
+      ASSERT_EQ(0, std::memcmp(first.data(), single.data(), first.size() * sizeof(float))) << dtype_name(dt) << M;
+    }
+}
+
+TEST(KernelGemvHalf, RowsDoNotMix) {
+  // A NaN in one row of x poisons exactly that row of y.
+  std::mt19937 rng(79);
+  const int64_t M = 5, K = 33, N = 70;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+    std::vector<float> wf;
+    const Tensor W = make_weight(rng, N, K, dt, &wf);
+    std::vector<float> x = random_vec(rng, M * K);
+    x[idx(2 * K + K - 1)] = kNaN;  // last element of row 2: the masked tail
+    for (GemvIsa isa : gemv_isas()) {
+      std::vector<float> y(idx(M * N), 0.0f);
+      kernels::detail::gemv_rows(x.data(), M, K, W.raw(), dt, N, y.data(), false, isa);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t n = 0; n < N; ++n)
+          ASSERT_EQ(std::isnan(y[idx(i * N + n)]), i == 2) << kernels::detail::gemv_isa_name(isa) << " " << i;
+    }
+  }
+}
+
+TEST(KernelGemvHalf, RejectsBadArguments) {
+  const Tensor Wi = Tensor::zeros(DType::I32, {4, 8});
+  std::vector<float> x(64, 1.0f), y(64, 0.0f);
+  EXPECT_THROW(kernels::detail::gemv_rows(x.data(), 1, 8, Wi.raw(), DType::I32, 4, y.data(), false), Error);
+  const Tensor W = Tensor::zeros(DType::BF16, {4, 8});
+  EXPECT_THROW(kernels::detail::gemv_rows(x.data(), 0, 8, W.raw(), DType::BF16, 4, y.data(), false), Error);
+  EXPECT_THROW(kernels::detail::gemv_rows(x.data(), 9, 8, W.raw(), DType::BF16, 4, y.data(), false), Error);
+  EXPECT_NO_THROW(kernels::detail::gemv_rows(x.data(), 8, 8, W.raw(), DType::BF16, 4, y.data(), false));
 }
 
 }  // namespace

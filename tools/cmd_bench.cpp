@@ -98,6 +98,7 @@ double pass_scratch(const LlamaConfig& c, int64_t tokens) {
 }
 
 struct Bench {
+  explicit Bench(const CepeModel& m) : model(m) {}
   const CepeModel& model;
   int64_t prompt = 64, gen = 8, chunk_len = 256;
   EncodeOptions enc;
@@ -210,7 +211,7 @@ int cmd_bench(int argc, char** argv) {
   const CepeConfig& cfg = model->config();
   check(cfg.encode_mode == EncodeMode::ContextOnly, "bench needs encode_mode context_only");
 
-  Bench b{*model};
+  Bench b(*model);
   b.prompt = args.integer("--prompt-tokens", 64);
   b.gen = args.integer("--gen-tokens", 8);
   b.chunk_len = args.integer("--chunk-len", 256);

@@ -4,6 +4,9 @@ namespace cepe::cli {
 
 int cmd_forward(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
+int cmd_init(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
+int cmd_encode(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
 
 }  // namespace cepe::cli

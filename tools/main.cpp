@@ -19,6 +19,9 @@ void usage(std::FILE* out) {
       "  generate   generate text (-m DIR -p PROMPT [-c FILE]...) or token ids (--request REQ.json)\n"
       "  forward    logits (and encoder states) for a JSON request of token ids\n"
       "  tokenize   print the token ids of a text\n"
+      "  init       write a randomly initialised checkpoint (--preset NAME | --config FILE) -o DIR\n"
+      "  encode     encode long contexts once into a file for `generate --ctx`\n"
+      "  bench      CEPE against full attention: throughput and memory by context length\n"
       "\n"
       "Run `cepe <command> --help` for the options of a command.\n",
       out);
@@ -52,6 +55,9 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return cepe::cli::cmd_generate(argc - 2, argv + 2);
     if (cmd == "forward") return cepe::cli::cmd_forward(argc - 2, argv + 2);
     if (cmd == "tokenize") return cepe::cli::cmd_tokenize(argc - 2, argv + 2);
+    if (cmd == "init") return cepe::cli::cmd_init(argc - 2, argv + 2);
+    if (cmd == "encode") return cepe::cli::cmd_encode(argc - 2, argv + 2);
+    if (cmd == "bench") return cepe::cli::cmd_bench(argc - 2, argv + 2);
     std::fprintf(stderr, "error: unknown command '%s' (try `cepe --help`)\n", one_line(cmd).c_str());
     return 2;
   } catch (const cepe::Error& e) {

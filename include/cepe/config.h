@@ -77,4 +77,9 @@ LlamaConfig parse_llama_config(const nlohmann::json& j, const std::string& origi
 CepeConfig parse_cepe_config(const nlohmann::json& j, const std::string& origin);
 CepeConfig load_cepe_config(const std::string& path);  // config.json
 
+// The config.json of `c` with the Hugging Face key names (LlamaForCausalContextLM, nested encoder_config):
+// parse_cepe_config(cepe_config_to_json(c)) gives `c` back. Keys the parser does not keep are written with
+// the reference's values (hidden_act "silu", initializer_range 0.02, torch_dtype "float32"...).
+nlohmann::json cepe_config_to_json(const CepeConfig& c);
+
 }  // namespace cepe

@@ -194,4 +194,66 @@ CepeConfig load_cepe_config(const std::string& path) {
   return parse_cepe_config(read_json_file(path, "config"), path);
 }
 
+namespace {
+
+json llama_config_to_json(const LlamaConfig& c) {
+  json j = json::object();
+  j["model_type"] = "llama";
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  j["hidden_act"] = "silu";
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["initializer_range"] = 0.02;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["use_cache"] = true;
+  j["bos_token_id"] = c.bos_token_id;
+  j["eos_token_id"] = c.eos_token_id;
+  j["pad_token_id"] = c.pad_token_id ? json(*c.pad_token_id) : json(nullptr);
+  j["pretraining_tp"] = c.pretraining_tp;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["rope_theta"] = c.rope_theta;
+  if (c.rope_scaling.type == RopeScalingType::None) {
+    j["rope_scaling"] = nullptr;
+  } else {
+    j["rope_scaling"] = {{"type", c.rope_scaling.type == RopeScalingType::Linear ? "linear" : "dynamic"},
+                         {"factor", c.rope_scaling.factor}};
+  }
+  j["torch_dtype"] = "float32";
+  return j;
+}
+
+}  // namespace
+
+json cepe_config_to_json(const CepeConfig& c) {
+  json j = llama_config_to_json(c.decoder);
+  j["architectures"] = {"LlamaForCausalContextLM"};
+  j["is_decoder"] = true;
+  j["do_cross_attention"] = c.do_cross_attention;
+  j["num_cross_attn_layers"] = c.num_cross_attn_layers;
+  j["num_cross_attn_hidden_states"] = c.num_cross_attn_hidden_states;
+  j["encoder_is_model"] = c.encoder_is_model;
+  j["train_encoder"] = c.train_encoder;
+  j["encoder_hidden_size"] = c.encoder_hidden_size;
+  j["encode_mode"] = c.encode_mode_name;
+  j["train_batch_mode"] = c.train_batch_mode;
+  j["offload_hidden_states"] = c.offload_hidden_states;
+  j["lm_loss_cof"] = c.lm_loss_cof;
+  j["kl_loss_cof"] = c.kl_loss_cof;
+  j["kl_loss_mode"] = c.kl_loss_mode;
+  if (c.has_encoder) {
+    json e = llama_config_to_json(c.encoder);
+    e["architectures"] = {"LlamaForMLM"};
+    e["is_decoder"] = false;
+    e["is_encoder"] = true;
+    j["encoder_config"] = std::move(e);
+  } else {
+    j["encoder_config"] = nullptr;
+  }
+  return j;
+}
+
 }  // namespace cepe

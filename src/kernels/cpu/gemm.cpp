@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "kernels/cpu/gemv_half.h"
 
 namespace cepe::kernels {
 
@@ -42,29 +43,35 @@ void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
                 static_cast<blasint>(K), x, 1, accumulate ? 1.0f : 0.0f, y, 1);
     return;
   }
+  if (M <= detail::kGemvMaxRows) {
+    // OpenBLAS's small-M sgemm runs at 10-20 GFLOP/s (and M sgemv calls read W M times); the multi-row
+    // GEMV reads W once for all rows (docs/gemm-backend.md).
+    detail::gemv_rows(x, M, K, W, DType::F32, N, y, accumulate);
+    return;
+  }
   gemm(false, true, M, N, K, 1.0f, x, K, W, K, accumulate ? 1.0f : 0.0f, y, N);
 }
 
-// Half-precision weights: widen a block of output rows at a time and multiply it with the BLAS.
-void linear_half(const float* x, int64_t M, int64_t K, const Tensor& W, int64_t N, float* y, bool accumulate) {
+}  // namespace
+
+// Half-precision weights, large M: widen a block of output rows at a time and multiply it with the BLAS.
+void detail::linear_widen_sgemm(const float* x, int64_t M, int64_t K, const void* w, DType dt, int64_t N, float* y,
+                                bool accumulate) {
   const int64_t rows_per_tile = std::max<int64_t>(16, std::min<int64_t>(256, (1 << 18) / std::max<int64_t>(K, 1)));
   const int64_t tiles = (N + rows_per_tile - 1) / rows_per_tile;
-  const auto* w = static_cast<const uint16_t*>(W.raw());
-  const DType dt = W.dtype();
+  const auto* wh = static_cast<const uint16_t*>(w);
 #pragma omp parallel
   {
     std::vector<float> buf(static_cast<size_t>(rows_per_tile * K));
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t r0 = t * rows_per_tile, r1 = std::min(N, r0 + rows_per_tile);
-      convert_to_f32(dt, w + r0 * K, buf.data(), (r1 - r0) * K);
+      convert_to_f32(dt, wh + r0 * K, buf.data(), (r1 - r0) * K);
       // Inside the parallel region OpenBLAS (OpenMP build) runs single-threaded.
       gemm(false, true, M, r1 - r0, K, 1.0f, x, K, buf.data(), K, accumulate ? 1.0f : 0.0f, y + r0, N);
     }
   }
 }
-
-}  // namespace
 
 void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, bool accumulate) {
   check(W.rank() == 2 && W.dim(1) == K,
@@ -74,7 +81,12 @@ void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, boo
   switch (W.dtype()) {
     case DType::F32: linear_f32(x, M, K, W.data<float>(), N, y, accumulate); return;
     case DType::BF16:
-    case DType::F16: linear_half(x, M, K, W, N, y, accumulate); return;
+    case DType::F16:
+      // Decode-sized M is bound by streaming the weights: widen them in registers, read each row once for
+      // all M rows of x (gemv_half.h). Larger M is compute-bound and goes to sgemm on widened tiles.
+      if (M <= detail::kGemvMaxRows) detail::gemv_rows(x, M, K, W.raw(), W.dtype(), N, y, accumulate);
+      else detail::linear_widen_sgemm(x, M, K, W.raw(), W.dtype(), N, y, accumulate);
+      return;
     default: throw Error(std::string("linear: unsupported weight dtype ") + dtype_name(W.dtype()));
   }
 }
