@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev          # config.json, requests, safetensors headers
   libgtest-dev libgmock-dev   # tests
   libbenchmark-dev            # bench/
+  gnuplot-nox                 # cepe bench --plot
   nodejs npm                  # fetches the real LLaMA-2 tokenizer for its tests (scripts/fetch-llama-tokenizer.sh)
 )
 

@@ -1,23 +1,13 @@
 // Chat template (Llama-2-chat as token ids), py_strip, StopMatcher, unescape, and `cepe generate --chat/--stop`
 // end to end (the real binary, CEPE_BINARY).
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -26,9 +16,8 @@
 
 #include "cepe/chat.h"
 #include "cepe/tokenizer.h"
+#include "cli_runner.h"
 #include "core/utf8.h"
-
-extern char** environ;
 
 namespace cepe {
 namespace {
@@ -407,7 +396,7 @@ TEST(StopMatcher, RandomSplitsMatchReference) {
       pieces.push_back(p);
       if (pick(5) == 0) pieces.emplace_back();
     }
-    SCOPED_TRACE(testing::PrintToString(text) + " stops " + testing::PrintToString(stops));
+    SCOPED_TRACE(::testing::PrintToString(text) + " stops " + ::testing::PrintToString(stops));
     // Piece by piece, until a stop: what came out plus what is held is what went in, and the held part is exactly
     // the longest suffix that is still a proper prefix of a stop string (nothing is held longer than needed).
     {
@@ -434,7 +423,7 @@ TEST(StopMatcher, RandomSplitsMatchReference) {
     ASSERT_EQ(join(chunks), want);
     ASSERT_EQ(m.matched(), want_match);
     ASSERT_EQ(m.stopped(), !want_match.empty());
-    for (const std::string& c : chunks) ASSERT_TRUE(utf8_valid(c)) << testing::PrintToString(c);
+    for (const std::string& c : chunks) ASSERT_TRUE(utf8_valid(c)) << ::testing::PrintToString(c);
     stopped += m.stopped();
   }
   EXPECT_GT(stopped, 300);
@@ -468,79 +457,12 @@ TEST(StopUnescape, Errors) {
 
 // -------------------------------------------------------------------------------------------------- CLI
 
-constexpr int kTimeoutS = 60;
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-struct RunResult {
-  int exit_code = -1;
-  bool signaled = false;
-  std::string out, err, cmdline;
-};
-
-std::string describe(const RunResult& r) {
-  return "command: " + r.cmdline + "\nexit " + std::to_string(r.exit_code) + (r.signaled ? " (signal)" : "") +
-         "\n--- stdout ---\n" + r.out.substr(0, 2000) + "\n--- stderr ---\n" + r.err.substr(0, 2000);
-}
-
-// `timeout 60 cepe ARGS...`, no shell, stdin /dev/null, output through files in `scratch` (as test_cli.cpp).
-RunResult run_cepe_in(const fs::path& scratch, const std::vector<std::string>& args) {
-  static std::atomic<int> counter{0};
-  const int n = counter++;
-  const fs::path out_path = scratch / ("stdout." + std::to_string(n));
-  const fs::path err_path = scratch / ("stderr." + std::to_string(n));
-  std::vector<std::string> full = {"timeout", "-k", "5", std::to_string(kTimeoutS), CEPE_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  RunResult r;
-  for (size_t i = 4; i < full.size(); ++i) r.cmdline += (i > 4 ? " " : "") + full[i];
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, "timeout", &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    r.err = std::string("posix_spawnp failed: ") + std::strerror(rc);
-    return r;
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFSIGNALED(status)) r.signaled = true;
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  r.out = read_text(out_path);
-  r.err = read_text(err_path);
-  fs::remove(out_path);
-  fs::remove(err_path);
-  return r;
-}
-
-::testing::AssertionResult Succeeded(const RunResult& r) {
-  if (r.signaled || r.exit_code != 0) return ::testing::AssertionFailure() << "expected exit 0\n" << describe(r);
-  if (r.err.find("error:") != std::string::npos)
-    return ::testing::AssertionFailure() << "error on stderr\n" << describe(r);
-  return ::testing::AssertionSuccess();
-}
-
-// Exit 1, nothing on stdout, stderr exactly one line `error: ...` containing every keyword.
-::testing::AssertionResult CleanError(const RunResult& r, std::initializer_list<std::string_view> keywords) {
-  if (r.signaled || r.exit_code != 1) return ::testing::AssertionFailure() << "expected exit 1\n" << describe(r);
-  if (r.err.rfind("error: ", 0) != 0 || r.err.back() != '\n' || r.err.find('\n') != r.err.size() - 1)
-    return ::testing::AssertionFailure() << "stderr is not one 'error: ' line\n" << describe(r);
-  for (std::string_view k : keywords)
-    if (r.err.find(k) == std::string::npos)
-      return ::testing::AssertionFailure() << "message lacks '" << k << "'\n" << describe(r);
-  if (!r.out.empty()) return ::testing::AssertionFailure() << "unexpected stdout\n" << describe(r);
-  return ::testing::AssertionSuccess();
-}
+using cepe::testing::CleanError;
+using cepe::testing::CliScratchTest;
+using cepe::testing::read_text;
+using cepe::testing::RunResult;
+using cepe::testing::Succeeded;
+using cepe::testing::write_text;
 
 // "decode: N tokens" from the timing line.
 long long decode_tokens(const std::string& err) {
@@ -566,37 +488,25 @@ std::string u_escaped(const std::string& s) {
   return out;
 }
 
-class ChatCli : public ::testing::Test {
+class ChatCli : public CliScratchTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("cepe-chat-" + std::string(info->name()) + "-" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   RunResult run(std::vector<std::string> extra) {
     std::vector<std::string> a = {"generate", "-m", kFixture.string()};
     a.insert(a.end(), extra.begin(), extra.end());
-    return run_cepe_in(dir_, a);
+    return run_cepe(a);
   }
   // New greedy tokens for `prompt` ids through token mode (cut at the first eos, which ends the row).
   Ids token_mode(const Ids& prompt, int n) {
     const fs::path req = dir_ / "req.json", out = dir_ / "out.json";
-    std::ofstream(req) << json{{"input_ids", {prompt}}}.dump();
-    const RunResult r = run_cepe_in(
-        dir_, {"generate", "-m", kFixture.string(), "--request", req.string(), "-o", out.string(), "--greedy", "-n",
-               std::to_string(n)});
+    write_text(req, json{{"input_ids", {prompt}}}.dump());
+    const RunResult r = run_cepe({"generate", "-m", kFixture.string(), "--request", req.string(), "-o", out.string(),
+                                  "--greedy", "-n", std::to_string(n)});
     EXPECT_TRUE(Succeeded(r));
     const Ids seq = json::parse(read_text(out))["sequences"][0].get<Ids>();
     Ids gen(seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()), seq.end());
     if (auto eos = std::find(gen.begin(), gen.end(), tiny().eos_id()); eos != gen.end()) gen.erase(eos, gen.end());
     return gen;
   }
-  fs::path dir_;
 };
 
 TEST_F(ChatCli, HelpMentionsChatAndStop) {
@@ -653,7 +563,7 @@ TEST_F(ChatCli, StopEndsGeneration) {
     ASSERT_GT(n1, 0u);
     const size_t n2 = start + n1 < reply.size() ? utf8_char_len(std::string_view(reply).substr(start + n1)) : 0;
     const std::string stop = reply.substr(start, n1 + n2);
-    SCOPED_TRACE("stop " + testing::PrintToString(stop));
+    SCOPED_TRACE("stop " + ::testing::PrintToString(stop));
     const std::string want = reply.substr(0, reply.find(stop));
     // The token that completes the stop string in the streamed text is the last one generated: steps = k + 1,
     // decode tokens = k.
@@ -705,7 +615,7 @@ TEST_F(ChatCli, StopWithoutChatMatchesGeneratedTextOnly) {
 
 TEST_F(ChatCli, OptionErrors) {
   const fs::path req = dir_ / "req.json";
-  std::ofstream(req) << R"({"input_ids": [[1, 5, 6]]})";
+  write_text(req, R"({"input_ids": [[1, 5, 6]]})");
   const std::vector<std::string> token_mode = {"--request", req.string(), "-o", (dir_ / "o.json").string()};
   auto with = [&](std::vector<std::string> a, std::initializer_list<std::string> more) {
     a.insert(a.end(), more);

@@ -1,155 +1,38 @@
 // End-to-end tests of the `cepe` command-line tool: the real binary (CEPE_BINARY) is run under
 // `timeout` with stdout/stderr redirected to files. Bad input must end in exactly one `error: ...`
-// line on stderr and a non-zero exit (never a crash, a hang or a multi-line message); good input must
-// reproduce the reference goldens of tests/data/cepe-tiny-a.
-#include <fcntl.h>
+// line on stderr and exit status 1, 2 for an unknown command (never a crash, a hang or a multi-line
+// message); good input must reproduce the reference goldens of tests/data/cepe-tiny-a.
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "cepe/safetensors.h"
 #include "cepe/tensor.h"
-
-extern char** environ;
+#include "cli_runner.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
 
+using namespace cepe::testing;
+
 const fs::path kFixture = fs::path(CEPE_TEST_DATA) / "cepe-tiny-a";
-constexpr int kTimeoutS = 60;
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_text(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(s.data(), static_cast<std::streamsize>(s.size()));
-  ASSERT_TRUE(out.good()) << p;
-}
 
 json read_json(const fs::path& p) { return json::parse(read_text(p)); }
 
 const json& golden() {
   static const json g = read_json(kFixture / "golden.json");
   return g;
-}
-
-struct RunResult {
-  int exit_code = -1;     // meaningful when !signaled
-  bool signaled = false;  // killed by a signal (a crash, or `timeout -k` gave up)
-  int signal = 0;
-  std::string out, err;
-  std::string cmdline;  // for failure messages
-};
-
-std::string describe(const RunResult& r) {
-  std::string s = "command: " + r.cmdline + "\n";
-  s += r.signaled ? "killed by signal " + std::to_string(r.signal) : "exit code " + std::to_string(r.exit_code);
-  s += "\n--- stdout ---\n" + r.out.substr(0, 2000) + "\n--- stderr ---\n" + r.err.substr(0, 2000);
-  return s;
-}
-
-// Runs `timeout 60 cepe ARGS...` with stdin from /dev/null and stdout/stderr into files of `scratch`.
-// Arguments go to the process as-is (no shell), so raw bytes and newlines reach argv untouched.
-RunResult run_cepe_in(const fs::path& scratch, const std::vector<std::string>& args) {
-  static std::atomic<int> counter{0};
-  const int n = counter++;
-  const fs::path out_path = scratch / ("stdout." + std::to_string(n));
-  const fs::path err_path = scratch / ("stderr." + std::to_string(n));
-
-  std::vector<std::string> full = {"timeout", "-k", "5", std::to_string(kTimeoutS), CEPE_BINARY};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  RunResult r;
-  for (size_t i = 4; i < full.size(); ++i) r.cmdline += (i > 4 ? " " : "") + full[i];
-
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, "timeout", &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    r.err = std::string("posix_spawnp failed: ") + std::strerror(rc);
-    return r;
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFSIGNALED(status)) {
-    r.signaled = true;
-    r.signal = WTERMSIG(status);
-  } else if (WIFEXITED(status)) {
-    r.exit_code = WEXITSTATUS(status);
-  }
-  r.out = read_text(out_path);
-  r.err = read_text(err_path);
-  fs::remove(out_path);
-  fs::remove(err_path);
-  return r;
-}
-
-// The process ended on its own (no signal; `timeout` reports 124 for a hang, 125-127 for its own
-// failures and 128+N when the child died of signal N).
-::testing::AssertionResult Finished(const RunResult& r) {
-  if (r.signaled) return ::testing::AssertionFailure() << "crashed\n" << describe(r);
-  if (r.exit_code == 124) return ::testing::AssertionFailure() << "timed out after " << kTimeoutS << " s\n" << describe(r);
-  if (r.exit_code < 0 || r.exit_code >= 125) return ::testing::AssertionFailure() << "abnormal end\n" << describe(r);
-  return ::testing::AssertionSuccess();
-}
-
-// Exit 0 with nothing that looks like an error on stderr.
-::testing::AssertionResult Succeeded(const RunResult& r) {
-  if (auto f = Finished(r); !f) return f;
-  if (r.exit_code != 0) return ::testing::AssertionFailure() << "expected exit 0\n" << describe(r);
-  if (r.err.find("error:") != std::string::npos) return ::testing::AssertionFailure() << "error on stderr\n" << describe(r);
-  return ::testing::AssertionSuccess();
-}
-
-// A clean failure: non-zero exit, nothing on stdout (unless allowed), and stderr exactly one line `error: ...` that
-// contains every keyword.
-// Text-mode generate streams the prompt before it runs, so a late failure may follow it (`allow_stdout`).
-::testing::AssertionResult CleanError(const RunResult& r, std::initializer_list<std::string_view> keywords,
-                                      bool allow_stdout = false) {
-  if (auto f = Finished(r); !f) return f;
-  if (r.exit_code == 0) return ::testing::AssertionFailure() << "expected a non-zero exit\n" << describe(r);
-  if (r.err.rfind("error: ", 0) != 0)
-    return ::testing::AssertionFailure() << "stderr does not start with 'error: '\n" << describe(r);
-  if (r.err.empty() || r.err.back() != '\n' || r.err.find('\n') != r.err.size() - 1)
-    return ::testing::AssertionFailure() << "stderr is not exactly one line\n" << describe(r);
-  for (std::string_view k : keywords)
-    if (r.err.find(k) == std::string::npos)
-      return ::testing::AssertionFailure() << "message lacks '" << k << "'\n" << describe(r);
-  if (!allow_stdout && !r.out.empty()) return ::testing::AssertionFailure() << "unexpected stdout\n" << describe(r);
-  return ::testing::AssertionSuccess();
 }
 
 std::map<std::string, cepe::Tensor> load_all(const fs::path& path) {
@@ -159,25 +42,9 @@ std::map<std::string, cepe::Tensor> load_all(const fs::path& path) {
   return m;
 }
 
-// Per-test scratch directory (removed afterwards) holding copies of the fixture: tests may corrupt
-// their copies freely, tests/data is never written.
-class CliTest : public ::testing::Test {
+// The scratch directory holds copies of the fixture: tests may corrupt their copies freely.
+class CliTest : public CliScratchTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("cepe-cli-" + std::string(info->test_suite_name()) + "-" + info->name() + "-" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  RunResult run_cepe(const std::vector<std::string>& args) { return run_cepe_in(dir_, args); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
   // A fresh copy of the fixture checkpoint (config.json, model.safetensors, tokenizer.model).
   std::string model_copy(const std::string& name = "model") {
     const fs::path m = dir_ / name;
@@ -229,8 +96,6 @@ class CliTest : public ::testing::Test {
     cepe::save_safetensors((fs::path(m) / "model.safetensors").string(), tensors);
     return m;
   }
-
-  fs::path dir_;
 };
 
 class CliErrors : public CliTest {};
@@ -454,7 +319,7 @@ TEST_F(CliErrors, ControlCharactersStayOnOneLine) {
   req["bad\nkey"] = 1;
   EXPECT_TRUE(CleanError(forward_request(req), {"unknown field", "bad\\nkey"}));
   EXPECT_TRUE(CleanError(run_cepe({"forward", "--x\ny"}), {"unknown option", "--x\\ny"}));
-  EXPECT_TRUE(CleanError(run_cepe({"for\nward"}), {"unknown command", "for\\nward"}));
+  EXPECT_TRUE(CleanUsageError(run_cepe({"for\nward"}), {"unknown command", "for\\nward"}));
   EXPECT_TRUE(CleanError(run_cepe({"generate", "-m", fixture(), "-p", "hi", "-c", path("two\nlines.txt"), "-n", "1"}),
                          {"two\\nlines.txt"}));
   EXPECT_TRUE(CleanError(run_cepe({"forward", "-m", path("no\nmodel"), "--request", golden_request(), "-o", path("o.json")}),
@@ -710,9 +575,9 @@ TEST_F(CliErrors, RequestAndPromptTogether) {
 }
 
 TEST_F(CliErrors, UnknownSubcommand) {
-  EXPECT_TRUE(CleanError(run_cepe({"frobnicate"}), {"unknown command", "frobnicate"}));
-  EXPECT_TRUE(CleanError(run_cepe({"Forward", "-m", fixture()}), {"unknown command", "Forward"}));
-  EXPECT_TRUE(CleanError(run_cepe({""}), {"unknown command"}));
+  EXPECT_TRUE(CleanUsageError(run_cepe({"frobnicate"}), {"unknown command", "frobnicate"}));
+  EXPECT_TRUE(CleanUsageError(run_cepe({"Forward", "-m", fixture()}), {"unknown command", "Forward"}));
+  EXPECT_TRUE(CleanUsageError(run_cepe({""}), {"unknown command"}));
 }
 
 TEST_F(CliErrors, TokenizeInvalidUtf8) {
@@ -758,6 +623,14 @@ std::vector<int64_t> shape_of(const json& j) {
   return s;
 }
 
+// The index of the largest of the 512 logits (the fixture's vocabulary) in `row`; the first one on ties.
+size_t argmax_of(const json& row) {
+  size_t best = 0;
+  for (size_t v = 1; v < 512; ++v)
+    if (row[v].get<double>() > row[best].get<double>()) best = v;
+  return best;
+}
+
 TEST_F(CliForward, MatchesGolden) {
   const std::string req = golden_request();
   fs::create_directory(dir_ / "out");
@@ -791,10 +664,7 @@ TEST_F(CliForward, MatchesGolden) {
   const json& first8 = golden()["outputs"]["logits_first8"][0];
   for (size_t t = 0; t < 12; ++t) {
     const json& row = j["logits"][0][t];
-    size_t best = 0;
-    for (size_t v = 1; v < 512; ++v)
-      if (row[v].get<double>() > row[best].get<double>()) best = v;
-    EXPECT_EQ(best, argmax[t].get<size_t>()) << "position " << t;
+    EXPECT_EQ(argmax_of(row), argmax[t].get<size_t>()) << "position " << t;
     for (size_t v = 0; v < 8; ++v) EXPECT_NEAR(row[v].get<double>(), first8[t][v].get<double>(), 1e-4);
   }
 
@@ -818,13 +688,8 @@ TEST_F(CliForward, WithoutContext) {
   EXPECT_FALSE(j.contains("encoder_hidden_states"));
   EXPECT_EQ(shape_of(j["logits"]), (std::vector<int64_t>{1, 12, 512}));
   const json& argmax = golden()["outputs"]["logits_no_context_argmax"][0];
-  for (size_t t = 0; t < 12; ++t) {
-    const json& row = j["logits"][0][t];
-    size_t best = 0;
-    for (size_t v = 1; v < 512; ++v)
-      if (row[v].get<double>() > row[best].get<double>()) best = v;
-    EXPECT_EQ(best, argmax[t].get<size_t>()) << "position " << t;
-  }
+  for (size_t t = 0; t < 12; ++t)
+    EXPECT_EQ(argmax_of(j["logits"][0][t]), argmax[t].get<size_t>()) << "position " << t;
 }
 
 TEST_F(CliGenerate, RequestGreedyMatchesGolden) {

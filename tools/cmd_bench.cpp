@@ -147,8 +147,14 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("cepe-plot-" + std::to_string(::getpid()));
   fs::create_directories(dir);
+  // Only measured rows are drawn; a series with nothing measured (all "does not fit") is left out.
   std::map<std::string, std::vector<const Row*>> series;
-  for (const Row& r : rows) series[r.mode == "full" ? "full attention" : "CEPE " + r.cross_attn].push_back(&r);
+  for (const Row& r : rows)
+    if (r.decode_tps) series[r.mode == "full" ? "full attention" : "CEPE " + r.cross_attn].push_back(&r);
+  if (series.empty()) {
+    std::fprintf(stderr, "warning: --plot: no row was measured, so there is nothing to draw\n");
+    return;
+  }
   std::string speed, memory;
   int i = 0;
   for (const auto& [name, rs] : series) {
@@ -173,9 +179,14 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
       << "unset logscale y\nset ylabel 'peak RSS (GB)'\nset title 'Peak memory'\nset yrange [0:*]\nplot " << memory
       << "\nunset multiplot\n";
   }
-  const int rc = std::system(("gnuplot '" + script.string() + "' 2>&1").c_str());
+  // gnuplot's own messages go to stderr, never into the markdown on stdout.
+  const int rc = std::system(("gnuplot '" + script.string() + "' 1>&2").c_str());
   fs::remove_all(dir);
-  if (rc != 0) throw Error("--plot: gnuplot failed (is it installed? scripts/install-deps.sh installs gnuplot-nox)");
+  if (rc != 0) {
+    std::error_code ec;
+    fs::remove(path + ".tmp", ec);
+    throw Error("--plot: gnuplot failed (is it installed? scripts/install-deps.sh installs gnuplot-nox)");
+  }
   fs::rename(path + ".tmp", path);
 }
 
@@ -233,6 +244,11 @@ int cmd_bench(int argc, char** argv) {
   std::fprintf(stderr, "bench: %s, weights %s, memory budget %s\n", model->dir().c_str(), gb(weights).c_str(),
                gb(b.budget).c_str());
 
+  {
+    const auto t0 = Clock::now();
+    model->warm_up();  // page the mapped weights in before anything is timed
+    std::fprintf(stderr, "bench: weights paged in in %.1f s\n", seconds_since(t0));
+  }
   std::vector<Row> rows;
   const std::vector<int32_t> prompt = [&] {
     auto p = b.random_ids(b.prompt, dec.vocab_size);

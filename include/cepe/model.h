@@ -104,6 +104,8 @@ class CepeModel {
   void check_encoder_ids(const int32_t* ids, int64_t n, const std::string& what) const;
 
   size_t weight_bytes() const;
+  // Reads every page of the mapped weights once, so that a measurement that follows does not time the disk.
+  void warm_up() const;
   // The part of weight_bytes() that only reads contexts: the encoder and the cross-attention modules.
   size_t context_weight_bytes() const;
 

@@ -298,6 +298,27 @@ size_t trunk_bytes(const TrunkWeights& w, bool with_cross) {
 
 }  // namespace
 
+void CepeModel::warm_up() const {
+  volatile uint8_t sink = 0;
+  auto touch = [&](const Tensor& t) {
+    const auto* p = static_cast<const uint8_t*>(t.raw());
+    for (size_t i = 0; i < t.nbytes(); i += 4096) sink = sink + p[i];
+  };
+  auto touch_trunk = [&](const TrunkWeights& w) {
+    if (!w.embed.defined()) return;
+    touch(w.embed);
+    for (const LayerWeights& l : w.layers) {
+      for (const Tensor* t : {&l.self_attn.q, &l.self_attn.k, &l.self_attn.v, &l.self_attn.o, &l.gate, &l.up, &l.down})
+        touch(*t);
+      if (l.cross)
+        for (const Tensor* t : {&l.cross->q, &l.cross->k, &l.cross->v, &l.cross->o}) touch(*t);
+    }
+  };
+  touch_trunk(impl_->decoder);
+  touch_trunk(impl_->encoder);
+  touch(impl_->lm_head);
+}
+
 size_t CepeModel::context_weight_bytes() const {
   size_t n = trunk_bytes(impl_->encoder, false);
   for (const LayerWeights& l : impl_->decoder.layers) n += cross_bytes(l);
