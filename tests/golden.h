@@ -1,6 +1,7 @@
 #pragma once
 // Reads a reference fixture directory (tests/data/<name>): golden.safetensors with the inputs and the
 // outputs of the original CEPE PyTorch code (see ../shared/fixtures/README.md and tests/reference/).
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -27,5 +28,15 @@ struct Golden {
 };
 
 inline std::string data_dir(const std::string& name) { return std::string(CEPE_TEST_DATA) + "/" + name; }
+
+// Where scripts/fetch-llama-tokenizer.sh put the real LLaMA-2 tokenizer (CEPE_LLAMA_TOKENIZER_DIR overrides).
+inline std::string llama_tokenizer_dir() {
+  if (const char* env = std::getenv("CEPE_LLAMA_TOKENIZER_DIR"); env && *env) return env;
+#ifdef CEPE_BUILD_DIR
+  return std::string(CEPE_BUILD_DIR) + "/llama-tokenizer";
+#else
+  return "build/llama-tokenizer";
+#endif
+}
 
 }  // namespace cepe::testing

@@ -18,6 +18,7 @@
 #include "cepe/tokenizer.h"
 #include "cli_runner.h"
 #include "core/utf8.h"
+#include "golden.h"
 
 namespace cepe {
 namespace {
@@ -167,14 +168,7 @@ TEST(ChatPyStrip, MatchesPythonStrStrip) {
 
 // --------------------------------------------------------------------------------------- real LLaMA-2 tokenizer
 
-std::string llama_dir() {
-  if (const char* env = std::getenv("CEPE_LLAMA_TOKENIZER_DIR"); env && *env) return env;
-#ifdef CEPE_BUILD_DIR
-  return std::string(CEPE_BUILD_DIR) + "/llama-tokenizer";
-#else
-  return "build/llama-tokenizer";
-#endif
-}
+std::string llama_dir() { return testing::llama_tokenizer_dir(); }
 
 TEST(ChatTemplateLlama2, KnownPromptIds) {
   const std::string dir = llama_dir();

@@ -15,6 +15,7 @@
 
 #include "cepe/tokenizer.h"
 #include "core/utf8.h"
+#include "golden.h"
 
 namespace cepe {
 namespace {
@@ -154,8 +155,8 @@ TEST(Utf8, RejectsIllFormedWithOffset) {
   };
   for (const auto& c : cases) {
     size_t bad = 12345;
-    EXPECT_FALSE(utf8_valid(c.s, &bad)) << testing::PrintToString(c.s);
-    EXPECT_EQ(bad, c.offset) << testing::PrintToString(c.s);
+    EXPECT_FALSE(utf8_valid(c.s, &bad)) << ::testing::PrintToString(c.s);
+    EXPECT_EQ(bad, c.offset) << ::testing::PrintToString(c.s);
   }
 }
 
@@ -361,7 +362,7 @@ TEST(StreamDecoder, LoneSpacePieceAndControlPieces) {
        {std::vector<int32_t>{space, in[0]}, {space, eos, in[0]}, {bos, space, bos, space, in[0]},
         {space, space, in[0]}, {eos, space, eos, eos, in[0], space}}) {
     std::vector<std::string> chunks;
-    EXPECT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << testing::PrintToString(ids);
+    EXPECT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << ::testing::PrintToString(ids);
   }
   EXPECT_EQ(tok.decode({space, in[0]}), " in");
   EXPECT_EQ(tok.decode({space, eos, in[0]}), " in");
@@ -391,21 +392,14 @@ TEST(StreamDecoder, RandomIdsMatchDecode) {
   for (int iter = 0; iter < 3000; ++iter) {
     const auto ids = random_ids(rng, 24);
     std::vector<std::string> chunks;
-    ASSERT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << testing::PrintToString(ids);
+    ASSERT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << ::testing::PrintToString(ids);
     expect_chunks_valid_utf8(chunks);
   }
 }
 
 // ------------------------------------------------------------------------------------------- real LLaMA-2
 
-std::string llama_dir() {
-  if (const char* env = std::getenv("CEPE_LLAMA_TOKENIZER_DIR"); env && *env) return env;
-#ifdef CEPE_BUILD_DIR
-  return std::string(CEPE_BUILD_DIR) + "/llama-tokenizer";
-#else
-  return "build/llama-tokenizer";
-#endif
-}
+std::string llama_dir() { return testing::llama_tokenizer_dir(); }
 
 #define CEPE_REQUIRE_LLAMA_TOKENIZER(dir)                                                                \
   do {                                                                                                   \
@@ -431,7 +425,7 @@ TEST(LlamaTokenizer, GoldenCases) {
   for (const auto& c : cases) {
     const std::string text = c["text"].get<std::string>();
     const auto ids = c["ids"].get<std::vector<int32_t>>();  // as in llama-tokenizer-js: BOS first
-    SCOPED_TRACE(testing::PrintToString(text));
+    SCOPED_TRACE(::testing::PrintToString(text));
     ASSERT_FALSE(ids.empty());
     ASSERT_EQ(ids.front(), tok.bos_id());
     EXPECT_EQ(tok.encode(text, true), ids);
@@ -453,7 +447,7 @@ TEST(LlamaTokenizer, StreamMatchesDecodeOnRandomIds) {
   for (int iter = 0; iter < 3000; ++iter) {
     const auto ids = random_ids(rng, 24);
     std::vector<std::string> chunks;
-    ASSERT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << testing::PrintToString(ids);
+    ASSERT_EQ(stream_decode(tok, ids, &chunks), tok.decode(ids)) << ::testing::PrintToString(ids);
     expect_chunks_valid_utf8(chunks);
   }
 }

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "core/atomic_file.h"
+#include "core/safetensors_writer.h"
 #include "core/mapped_file.h"
 
 namespace cepe {
@@ -229,44 +230,20 @@ std::vector<std::string> SafeTensors::names() const {
 
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  std::vector<std::pair<const std::string*, const Tensor*>> order;
+  std::vector<TensorSpec> specs;
   for (const auto& [name, t] : tensors) {
-    check(name != "__metadata__", path + ": '__metadata__' is reserved and cannot name a tensor");
     check(t.defined(), path + ": tensor '" + name + "' is undefined");
     check(t.is_contiguous(), path + ": tensor '" + name + "' is not contiguous");
-    order.emplace_back(&name, &t);
+    specs.push_back({name, t.dtype(), t.shape()});
   }
-  // Largest element size first keeps every tensor aligned without the gaps that the reference
-  // reader rejects (its data section starts 8-aligned thanks to the header padding).
-  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-    return dtype_size(a.second->dtype()) > dtype_size(b.second->dtype());
-  });
-
-  json header = json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  size_t offset = 0;
-  for (const auto& [name, t] : order) {
-    const size_t nbytes = t->nbytes();
-    header[*name] = {{"dtype", dtype_name(t->dtype())}, {"shape", t->shape()}, {"data_offsets", {offset, offset + nbytes}}};
-    offset += nbytes;
-  }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const json::exception& e) {  // e.g. a name or metadata value that is not valid UTF-8
-    throw Error(path + ": cannot encode the header: " + e.what());
-  }
-  text.append((8 - text.size() % 8) % 8, ' ');
-
+  // One layout for both writers (see safetensors_writer.h): the same tensors give the same bytes.
+  const SafeTensorsLayout lay = plan_safetensors(path, specs, metadata);
   write_file_atomic(path, [&](std::FILE* f) {
     auto put = [&](const void* p, size_t n) {
       if (n && std::fwrite(p, 1, n, f) != n) throw Error(std::string("short write: ") + std::strerror(errno));
     };
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
-    put(len, 8);
-    put(text.data(), text.size());
-    for (const auto& [name, t] : order) put(t->raw(), t->nbytes());
+    put(lay.header.data(), lay.header.size());
+    for (const TensorInfo& ti : lay.order) put(tensors.at(ti.name).raw(), ti.end - ti.begin);
   });
 }
 
