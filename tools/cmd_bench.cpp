@@ -311,6 +311,8 @@ int cmd_bench(int argc, char** argv) {
       r.cross_gflops = st.seconds > 0 ? st.flops / st.seconds / 1e9 : 0.0;
       r.peak_rss = std::max(*encode_peak, static_cast<double>(peak_rss_bytes()));
       if (caches) r.kv_bytes = self_kv + static_cast<double>(ctx->cross_kv_bytes());
+      std::fprintf(stderr, "bench: -> prefill %.2f t/s, decode %.3f t/s, cross-attn %.1f GFLOP/s, peak %s\n",
+                   *r.prefill_tps, *r.decode_tps, *r.cross_gflops, gb(*r.peak_rss).c_str());
       rows.push_back(r);
     }
     ctx.reset();
@@ -342,6 +344,8 @@ int cmd_bench(int argc, char** argv) {
       r.prefill_tps = static_cast<double>(total) / ps;
       r.decode_tps = static_cast<double>(b.gen) / ds;
       r.peak_rss = static_cast<double>(peak_rss_bytes());
+      std::fprintf(stderr, "bench: -> prefill %.2f t/s, decode %.3f t/s, peak %s\n", *r.prefill_tps, *r.decode_tps,
+                   gb(*r.peak_rss).c_str());
       rows.push_back(r);
     }
   }

@@ -15,6 +15,9 @@ namespace cepe {
 namespace {
 
 constexpr int64_t kKeyBlock = 512;  // encoder keys per block: bounds every scratch buffer
+// Absorbed GEMMs have only H·tb rows (32 in a 7B decode step), so they need wider key blocks to run well;
+// the scratch stays bounded (2048 · d_enc floats of widened states, H·tb · 2048 scores).
+constexpr int64_t kAbsorbedKeyBlock = 2048;
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Rows [k0, k0+n) of batch row b of Φ as f32 (a view when Φ is F32, else widened into `buf`).
@@ -173,8 +176,8 @@ void absorbed(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi
       }
     std::vector<float> m(static_cast<size_t>(M), kNegInf), l(static_cast<size_t>(M), 0.0f);
     u.assign(static_cast<size_t>(M * s.de), 0.0f);
-    for (int64_t k0 = 0; k0 < s.K; k0 += kKeyBlock) {
-      const int64_t n = std::min(kKeyBlock, s.K - k0);
+    for (int64_t k0 = 0; k0 < s.K; k0 += kAbsorbedKeyBlock) {
+      const int64_t n = std::min(kAbsorbedKeyBlock, s.K - k0);
       const float* rows = state_rows(phi, b, k0, n, phibuf);
       sc.resize(static_cast<size_t>(M * n));
       kernels::gemm(false, true, M, n, s.de, 1.0f, qf.data(), s.de, rows, s.de, 0.0f, sc.data(), n);
