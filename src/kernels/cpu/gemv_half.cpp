@@ -13,8 +13,8 @@
 #include "core/half.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-// g++ 12 reports -W[maybe-]uninitialized inside many AVX-512 intrinsics (their _mm512_undefined_*()
-// pass-through operand, GCC PR 105593) once they are inlined; the warnings point into the header.
+// g++ 12 reports false -W[maybe-]uninitialized warnings inside many AVX-512 intrinsics (on their
+// _mm512_undefined_*() pass-through operand) once they are inlined; the warnings point into the header.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -36,9 +36,6 @@ enum class WT { F32, BF16, F16 };
 
 template <WT T>
 using WElem = std::conditional_t<T == WT::F32, float, uint16_t>;
-
-// Independent accumulators per activation row: at least 4 FMA chains in flight in total.
-constexpr int unroll_for(int M) { return M == 1 ? 4 : M <= 3 ? 2 : 1; }
 
 // Rows [n0, n1) of y (row stride N) from rows [n0, n1) of W.
 using RowsFn = void (*)(const float* x, int64_t K, const void* w, int64_t n0, int64_t n1, float* y, int64_t N,
@@ -87,7 +84,10 @@ void rows_generic(const float* x, int64_t K, const void* wv, int64_t n0, int64_t
 
 #if CEPE_GEMV_X86
 
-// --- AVX2 + FMA + F16C: 8 lanes -----------------------------------------------------------------------------
+// --- AVX2 + FMA + F16C: 8 lanes, one weight row at a time ----------------------------------------------------
+
+// Independent accumulators per activation row: at least 4 FMA chains in flight in total.
+constexpr int avx2_unroll(int M) { return M == 1 ? 4 : M <= 3 ? 2 : 1; }
 
 template <WT T>
 CEPE_TARGET_AVX2 inline __m256 load8_avx2(const WElem<T>* p) {
@@ -110,7 +110,7 @@ CEPE_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
 template <WT T, int M>
 CEPE_TARGET_AVX2 void rows_avx2(const float* x, int64_t K, const void* wv, int64_t n0, int64_t n1, float* y,
                                 int64_t N, bool accumulate) {
-  constexpr int U = unroll_for(M);
+  constexpr int U = avx2_unroll(M);
   constexpr int64_t L = 8;
   const auto* w = static_cast<const WElem<T>*>(wv);
   const int64_t kv = K / L * L, tail = K - kv;
@@ -352,8 +352,9 @@ GemvIsa gemv_best_isa() {
 
 void gemv_rows(const float* x, int64_t M, int64_t K, const void* w, DType dt, int64_t N, float* y, bool accumulate,
                GemvIsa isa) {
-  check(M >= 1 && M <= kGemvMaxRows && K >= 0 && N >= 0, "gemv_rows: bad shape");
-  check(gemv_isa_supported(isa), std::string("gemv_rows: this CPU does not support ") + gemv_isa_name(isa));
+  if (M < 1 || M > kGemvMaxRows || K < 0 || N < 0)
+    throw Error("gemv_rows: bad shape M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" + std::to_string(N));
+  if (!gemv_isa_supported(isa)) throw Error(std::string("gemv_rows: this CPU does not support ") + gemv_isa_name(isa));
   WT wt;
   switch (dt) {
     case DType::F32: wt = WT::F32; break;
