@@ -1,6 +1,7 @@
 #pragma once
 // Matrix products. Weights stay in the checkpoint's layout W: [out, in] (nn.Linear), f32, bf16 or f16;
-// half-precision weights are widened tile by tile into a small per-thread buffer, never as a whole.
+// half-precision weights are never copied whole: up to 8 rows they are widened in registers by a GEMV kernel
+// (gemv_half.h), beyond that tile by tile into a small per-thread buffer for the BLAS.
 #include <cstdint>
 
 #include "cepe/tensor.h"

@@ -313,7 +313,8 @@ const Table& table(GemvIsa isa) {
 
 // Below this many multiply-adds a call runs on the calling thread (a parallel region costs a few µs).
 constexpr int64_t kParallelMinWork = int64_t{1} << 16;
-// Thread chunks start on multiples of 16 rows, so two threads never write the same 64-byte line of y.
+// Thread chunks start on multiples of 16 rows (64 bytes of each row of y), which keeps the threads' writes
+// to y mostly on separate cache lines.
 constexpr int64_t kChunkAlign = 16;
 
 }  // namespace
