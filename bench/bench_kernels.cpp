@@ -26,6 +26,8 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/gemv_half.h"
+#include "kernels/cpu/shared_kv_attention.h"
+#include "model/cross_attention.h"
 
 namespace cepe::bench {
 namespace {
@@ -269,6 +271,71 @@ void bm_attention(benchmark::State& state, AttnShape s) {
   set_counters(state, flops, kv_bytes);
 }
 
+
+// --- cross-attention decode --------------------------------------------------------------------------------
+
+// One LLaMA-2-7B cross-attention layer in a decode step (T = 1, 32 heads x 128, hidden 4096) over K encoder
+// states of the 435M encoder (width 1024) kept in bf16, weights in bf16. `flop` counts what
+// cross_attention() reports as its work (the same figure as `cepe bench`'s cross_attn_gflops).
+void bm_cross_attention(benchmark::State& state, CrossAttnMode mode, int64_t K) {
+  constexpr int64_t kEnc = 1024;
+  LlamaConfig cfg;
+  cfg.hidden_size = kHidden;
+  cfg.num_attention_heads = 32;
+  cfg.num_key_value_heads = 32;
+  auto bf16_tensor = [](int64_t rows, int64_t cols, uint64_t seed) {
+    F32Buffer tmp = random_f32(rows * cols, seed);
+    Tensor t = Tensor::empty(DType::BF16, {rows, cols});
+    convert_from_f32(tmp.data(), DType::BF16, t.raw(), rows * cols);
+    return t;
+  };
+  CrossAttentionWeights w;
+  w.norm = Tensor::empty(DType::F32, {kHidden});
+  std::fill(w.norm.f32(), w.norm.f32() + kHidden, 1.0f);
+  w.q = bf16_tensor(kHidden, kHidden, 11);
+  w.k = bf16_tensor(kHidden, kEnc, 12);
+  w.v = bf16_tensor(kHidden, kEnc, 13);
+  w.o = bf16_tensor(kHidden, kHidden, 14);
+  Tensor phi = bf16_tensor(K, kEnc, 15).reshape({1, K, kEnc});
+  std::vector<uint8_t> mask(static_cast<size_t>(K), 1);
+  CrossAttnStats stats;
+  CrossInput in;
+  in.states = {&phi};
+  in.mask = mask.data();
+  in.keys = K;
+  in.mode = mode;
+  in.stats = &stats;
+  const F32Buffer h0 = random_f32(kHidden, 16);
+  F32Buffer h{aligned_buffer(kHidden * sizeof(float)), kHidden};
+  for (auto _ : state) {
+    std::copy(h0.data(), h0.data() + kHidden, h.data());
+    cross_attention(cfg, w, 0, in, 1, 1, h.data());
+    benchmark::DoNotOptimize(h.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, stats.flops / static_cast<double>(state.iterations()), static_cast<double>(phi.nbytes()));
+}
+
+// The kernel inside absorbed decode alone: M folded query rows against N shared key/value rows of width D.
+void bm_shared_kv_attention(benchmark::State& state, DType dt, int64_t M, int64_t N, int64_t D,
+                            kernels::detail::GemvIsa isa) {
+  if (!kernels::detail::gemv_isa_supported(isa)) {
+    state.SkipWithError("instruction set not supported by this CPU");
+    return;
+  }
+  const F32Buffer q = random_f32(M * D, 21), s32 = random_f32(N * D, 22);
+  for (int64_t i = 0; i < M * D; ++i) q.data()[i] *= 0.05f;  // scores of a few units, as after 1/sqrt(hd)
+  auto mem = aligned_buffer(static_cast<size_t>(N * D) * dtype_size(dt));
+  convert_from_f32(s32.data(), dt, mem.get(), N * D);
+  F32Buffer out{aligned_buffer(static_cast<size_t>(M * D) * sizeof(float)), M * D};
+  for (auto _ : state) {
+    kernels::detail::shared_kv_attention(q.data(), M, D, mem.get(), dt, N, nullptr, out.data(), isa);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 4.0 * M * N * D, static_cast<double>(N * D) * static_cast<double>(dtype_size(dt)));
+}
+
 void register_all() {
   auto tune = [](benchmark::internal::Benchmark* b) {
     b->UseRealTime()->MinTime(kMinTime)->Unit(benchmark::kMillisecond);
@@ -311,6 +378,14 @@ void register_all() {
   // Decoder step: 1 query against a 4096-entry KV cache, 32 heads x 128 (LLaMA-2-7B).
   tune(benchmark::RegisterBenchmark("attention_decode/q:1/kv:4096/H:32x128/causal", bm_attention,
                                     AttnShape{1, 1, 4096, 32, 128, true, 4095}));
+  // Absorbed decode's kernel at the same shapes (32 folded queries, 8k states of width 1024), per isa.
+  for (auto [isa, label] : {std::pair{GemvIsa::Avx512, "avx512"}, std::pair{GemvIsa::Generic, "generic"}})
+    tune(benchmark::RegisterBenchmark((std::string("shared_kv_attention/") + label + "/M:32/N:8192/D:1024/bf16").c_str(),
+                                      bm_shared_kv_attention, DType::BF16, int64_t{32}, int64_t{8192}, int64_t{1024}, isa));
+  // CEPE decode step: one cross-attention layer of the 7B shapes over 8k bf16 encoder states.
+  for (auto [mode, label] : {std::pair{CrossAttnMode::Absorbed, "absorbed"}, std::pair{CrossAttnMode::Recompute, "recompute"}})
+    tune(benchmark::RegisterBenchmark((std::string("cross_attention_decode/") + label + "/K:8192/H:32x128/enc:1024/bf16").c_str(),
+                                      bm_cross_attention, mode, int64_t{8192}));
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "kernels/cpu/gemv_half.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cpu/shared_kv_attention.h"
 #include "kernels/cpu/softmax.h"
 
 namespace cepe {
@@ -1443,6 +1444,159 @@ TEST(KernelGemvHalf, RejectsBadArguments) {
   EXPECT_THROW(kernels::detail::gemv_rows(x.data(), 0, 8, W.raw(), DType::BF16, 4, y.data(), false), Error);
   EXPECT_THROW(kernels::detail::gemv_rows(x.data(), 9, 8, W.raw(), DType::BF16, 4, y.data(), false), Error);
   EXPECT_NO_THROW(kernels::detail::gemv_rows(x.data(), 8, 8, W.raw(), DType::BF16, 4, y.data(), false));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// shared_kv_attention: keys that are also the values (absorbed cross-attention, shared_kv_attention.h)
+// ---------------------------------------------------------------------------------------------------
+
+// softmax over the real keys of q_r · s_j, then Σ p_j s_j, in double from the widened states.
+std::vector<double> shared_kv_reference(const std::vector<float>& q, const std::vector<float>& s, int64_t M,
+                                        int64_t D, int64_t N, const std::vector<uint8_t>& mask) {
+  std::vector<double> out(idx(M * D), 0.0);
+  for (int64_t r = 0; r < M; ++r) {
+    std::vector<double> sc(idx(N), -std::numeric_limits<double>::infinity());
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < N; ++j) {
+      if (!mask.empty() && !mask[idx(j)]) continue;
+      double d = 0;
+      for (int64_t e = 0; e < D; ++e) d += static_cast<double>(q[idx(r * D + e)]) * s[idx(j * D + e)];
+      sc[idx(j)] = d;
+      mx = std::max(mx, d);
+    }
+    if (mx == -std::numeric_limits<double>::infinity()) continue;  // every key masked: zeros
+    double z = 0;
+    for (int64_t j = 0; j < N; ++j) z += std::exp(sc[idx(j)] - mx);
+    for (int64_t j = 0; j < N; ++j) {
+      const double p = std::exp(sc[idx(j)] - mx) / z;
+      if (p == 0) continue;
+      for (int64_t e = 0; e < D; ++e) out[idx(r * D + e)] += p * s[idx(j * D + e)];
+    }
+  }
+  return out;
+}
+
+struct SharedKvCase {
+  int64_t M, D, N;
+  float q_scale;  // scores are up to ~q_scale·D/3 in magnitude
+};
+
+std::vector<uint8_t> make_mask(std::mt19937& rng, int64_t N, int kind) {
+  std::vector<uint8_t> m;
+  switch (kind) {
+    case 0: break;  // no mask
+    case 1: {       // ~70 % real, at least one
+      std::bernoulli_distribution real(0.7);
+      m.resize(idx(N));
+      for (auto& v : m) v = real(rng);
+      m[idx(N / 2)] = 1;
+      break;
+    }
+    case 2:  // only the last key is real: every earlier block is skipped
+      m.assign(idx(N), 0);
+      m.back() = 1;
+      break;
+    case 3:  // first half padding, then real keys
+      m.assign(idx(N), 1);
+      std::fill(m.begin(), m.begin() + N / 2, 0);
+      break;
+  }
+  return m;
+}
+
+TEST(KernelSharedKvAttention, MatchesDoubleReference) {
+  const SharedKvCase cases[] = {{1, 1, 1, 1.0f},    {1, 16, 64, 0.5f},  {3, 5, 65, 2.0f},   {8, 48, 300, 0.3f},
+                                {9, 47, 257, 0.4f}, {13, 100, 130, 0.2f}, {32, 64, 1000, 0.3f}, {2, 33, 600, 0.5f},
+                                {32, 1024, 700, 0.02f}, {7, 17, 1, 1.0f}};
+  uint32_t seed = 900;
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (const auto& c : cases)
+      for (int mask_kind = 0; mask_kind < 4; ++mask_kind) {
+        std::mt19937 rng(seed++);
+        std::vector<float> sf;
+        const Tensor S = make_weight(rng, c.N, c.D, dt, &sf);
+        std::vector<float> q = random_vec(rng, c.M * c.D, -c.q_scale, c.q_scale);
+        const std::vector<uint8_t> mask = make_mask(rng, c.N, mask_kind);
+        const std::vector<double> want = shared_kv_reference(q, sf, c.M, c.D, c.N, mask);
+        for (GemvIsa isa : gemv_isas()) {
+          SCOPED_TRACE(std::string(dtype_name(dt)) + " " + kernels::detail::gemv_isa_name(isa) + " M=" +
+                       std::to_string(c.M) + " D=" + std::to_string(c.D) + " N=" + std::to_string(c.N) +
+                       " mask=" + std::to_string(mask_kind));
+          std::vector<float> out(idx(c.M * c.D), kNaN);
+          kernels::detail::shared_kv_attention(q.data(), c.M, c.D, S.raw(), dt, c.N,
+                                               mask.empty() ? nullptr : mask.data(), out.data(), isa);
+          // Outputs are convex combinations of values in [-1, 1]: fp32 errors stay far below 1e-5.
+          ASSERT_TRUE(close_all(out, want, 2e-6, 1e-5));
+        }
+      }
+}
+
+TEST(KernelSharedKvAttention, PeakedAndFlatScores) {
+  // Scores of several hundred (one key dominates: the online max must rescale exactly) and all-equal
+  // scores (a plain mean over the real keys).
+  std::mt19937 rng(950);
+  const int64_t M = 10, D = 40, N = 777;
+  std::vector<float> sf;
+  const Tensor S = make_weight(rng, N, D, DType::F32, &sf);
+  const std::vector<uint8_t> mask = make_mask(rng, N, 1);
+  for (float q_scale : {30.0f, 0.0f}) {
+    std::vector<float> q = random_vec(rng, M * D, -q_scale, q_scale);
+    const std::vector<double> want = shared_kv_reference(q, sf, M, D, N, mask);
+    for (GemvIsa isa : gemv_isas()) {
+      std::vector<float> out(idx(M * D), kNaN);
+      kernels::detail::shared_kv_attention(q.data(), M, D, S.raw(), DType::F32, N, mask.data(), out.data(), isa);
+      // Scores of ~400 carry fp32 rounding of ~400·6e-8 in any implementation (the reference's too), which
+      // exp turns into relative errors of ~3e-5 in the weights.
+      const double tol = q_scale > 0 ? 1e-4 : 2e-6;
+      EXPECT_TRUE(close_all(out, want, tol, 1e-5)) << q_scale << " " << kernels::detail::gemv_isa_name(isa);
+    }
+  }
+}
+
+TEST(KernelSharedKvAttention, EveryKeyMaskedGivesZeros) {
+  std::mt19937 rng(951);
+  const int64_t M = 4, D = 20, N = 600;
+  std::vector<float> sf;
+  const Tensor S = make_weight(rng, N, D, DType::BF16, &sf);
+  const std::vector<float> q = random_vec(rng, M * D);
+  const std::vector<uint8_t> mask(idx(N), 0);
+  for (GemvIsa isa : gemv_isas()) {
+    std::vector<float> out(idx(M * D), kNaN);
+    kernels::detail::shared_kv_attention(q.data(), M, D, S.raw(), DType::BF16, N, mask.data(), out.data(), isa);
+    for (float v : out) ASSERT_EQ(v, 0.0f);
+  }
+}
+
+TEST(KernelSharedKvAttention, DeterministicAndThreadCountIndependentWithinRounding) {
+  // Same threads: bit-identical. Other thread counts split the keys differently, which changes only the
+  // fp32 rounding of the merge.
+  std::mt19937 rng(952);
+  const int64_t M = 32, D = 96, N = 3000;
+  std::vector<float> sf;
+  const Tensor S = make_weight(rng, N, D, DType::BF16, &sf);
+  const std::vector<float> q = random_vec(rng, M * D, -0.3f, 0.3f);
+  const int saved = kernels::num_threads();
+  std::vector<float> first(idx(M * D)), again(idx(M * D)), single(idx(M * D));
+  kernels::set_num_threads(2);
+  kernels::shared_kv_attention(q.data(), M, D, S.raw(), DType::BF16, N, nullptr, first.data());
+  kernels::shared_kv_attention(q.data(), M, D, S.raw(), DType::BF16, N, nullptr, again.data());
+  kernels::set_num_threads(1);
+  kernels::shared_kv_attention(q.data(), M, D, S.raw(), DType::BF16, N, nullptr, single.data());
+  kernels::set_num_threads(saved);
+  ASSERT_EQ(0, std::memcmp(first.data(), again.data(), first.size() * sizeof(float)));
+  std::vector<double> single_d(single.begin(), single.end());
+  EXPECT_TRUE(close_all(first, single_d, 1e-6, 1e-6));  // outputs are convex combinations of values in [-1, 1]
+}
+
+TEST(KernelSharedKvAttention, RejectsBadArguments) {
+  std::vector<float> q(64, 0.1f), out(64, 0.0f);
+  const Tensor S = Tensor::zeros(DType::BF16, {4, 8});
+  const Tensor Si = Tensor::zeros(DType::I32, {4, 8});
+  EXPECT_THROW(kernels::shared_kv_attention(q.data(), 0, 8, S.raw(), DType::BF16, 4, nullptr, out.data()), Error);
+  EXPECT_THROW(kernels::shared_kv_attention(q.data(), 1, 0, S.raw(), DType::BF16, 4, nullptr, out.data()), Error);
+  EXPECT_THROW(kernels::shared_kv_attention(q.data(), 1, 8, S.raw(), DType::BF16, 0, nullptr, out.data()), Error);
+  EXPECT_THROW(kernels::shared_kv_attention(q.data(), 1, 8, Si.raw(), DType::I32, 4, nullptr, out.data()), Error);
+  EXPECT_NO_THROW(kernels::shared_kv_attention(q.data(), 1, 8, S.raw(), DType::BF16, 4, nullptr, out.data()));
 }
 
 }  // namespace

@@ -9,15 +9,15 @@
 #include "core/half.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/shared_kv_attention.h"
 
 namespace cepe {
 
 namespace {
 
 constexpr int64_t kKeyBlock = 512;  // encoder keys per block: bounds every scratch buffer
-// Absorbed GEMMs have only H·tb rows (32 in a 7B decode step), so they need wider key blocks to run well;
-// the scratch stays bounded (2048 · d_enc floats of widened states, H·tb · 2048 scores).
-constexpr int64_t kAbsorbedKeyBlock = 2048;
+// Folded query rows (heads x tokens) per absorbed pass: their scratch [rows, d_enc] stays in L2.
+constexpr int64_t kAbsorbedRows = 64;
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Rows [k0, k0+n) of batch row b of Φ as f32 (a view when Φ is F32, else widened into `buf`).
@@ -151,18 +151,25 @@ void projected(const Shapes& s, const CrossAttentionWeights& w, const Tensor& ph
 }
 
 // Absorbed: per head, q' = W_k,gᵀ q (folded into encoder space), scores q'·φ_j, u = Σ a_j φ_j, out = W_v,g u.
-// All heads' folded queries go through two GEMMs per key block over the shared states.
+// All heads' folded queries attend over the shared states in one pass (kernels/cpu/shared_kv_attention.h).
 void absorbed(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi, const uint8_t* mask_b, int64_t b,
               const float* q, float* att) {
-  // Query tokens per pass, so the folded queries stay a small [Hq*tb, de] matrix.
-  const int64_t tb_max = std::max<int64_t>(1, 256 / s.Hq);
-  std::vector<float> qf, u, sc, phibuf, wrow(static_cast<size_t>(s.de)), out;
+  const int64_t tb_max = std::max<int64_t>(1, kAbsorbedRows / s.Hq);
+  const size_t phi_es = dtype_size(phi.dtype());
+  const void* phi_b = static_cast<const char*>(phi.raw()) + static_cast<size_t>(b * s.K * s.de) * phi_es;
+  // Kept per thread across calls: a decode step comes here once per layer.
+  thread_local std::vector<float> qf, u, out;
   for (int64_t t0 = 0; t0 < s.T; t0 += tb_max) {
     const int64_t tb = std::min(tb_max, s.T - t0), M = s.Hq * tb;
-    // Fold: qf[h*tb + t] = scale * Σ_i q[t, h, i] W_k[g*hd + i, :], streaming W_k row by row (any dtype).
+    // Fold: qf[h*tb + t] = scale * Σ_i q[t, h, i] W_k[g*hd + i, :], streaming W_k row by row (any dtype);
+    // the KV groups are independent, so the threads split them.
     qf.assign(static_cast<size_t>(M * s.de), 0.0f);
+    float* const qf_data = qf.data();  // qf is this thread's: the team must not name it
     const size_t es = dtype_size(w.k.dtype());
-    for (int64_t g = 0; g < s.Hkv; ++g)
+#pragma omp parallel for schedule(static) if (s.Hkv > 1)
+    for (int64_t g = 0; g < s.Hkv; ++g) {
+      thread_local std::vector<float> wrow;
+      wrow.resize(static_cast<size_t>(s.de));
       for (int64_t i = 0; i < s.hd; ++i) {
         const int64_t row = g * s.hd + i;
         convert_to_f32(w.k.dtype(), static_cast<const char*>(w.k.raw()) + static_cast<size_t>(row * s.de) * es,
@@ -170,21 +177,13 @@ void absorbed(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi
         for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h)
           for (int64_t t = 0; t < tb; ++t) {
             const float c = s.scale * q[(b * s.T + t0 + t) * s.qd + h * s.hd + i];
-            float* dst = qf.data() + (h * tb + t) * s.de;
+            float* dst = qf_data + (h * tb + t) * s.de;
             for (int64_t e = 0; e < s.de; ++e) dst[e] += c * wrow[static_cast<size_t>(e)];
           }
       }
-    std::vector<float> m(static_cast<size_t>(M), kNegInf), l(static_cast<size_t>(M), 0.0f);
-    u.assign(static_cast<size_t>(M * s.de), 0.0f);
-    for (int64_t k0 = 0; k0 < s.K; k0 += kAbsorbedKeyBlock) {
-      const int64_t n = std::min(kAbsorbedKeyBlock, s.K - k0);
-      const float* rows = state_rows(phi, b, k0, n, phibuf);
-      sc.resize(static_cast<size_t>(M * n));
-      kernels::gemm(false, true, M, n, s.de, 1.0f, qf.data(), s.de, rows, s.de, 0.0f, sc.data(), n);
-      online_softmax_block(sc.data(), M, n, mask_b ? mask_b + k0 : nullptr, m.data(), l.data(), u.data(), s.de, rows,
-                           s.de, s.de);
     }
-    normalise_rows(u.data(), M, s.de, l.data(), s.de);
+    u.resize(static_cast<size_t>(M * s.de));
+    kernels::shared_kv_attention(qf.data(), M, s.de, phi_b, phi.dtype(), s.K, mask_b, u.data());
     // out[t, h] = W_v,g u[h, t]: one linear per head over its group's rows of W_v.
     out.resize(static_cast<size_t>(tb * s.hd));
     for (int64_t h = 0; h < s.Hq; ++h) {

@@ -11,23 +11,7 @@
 
 #include "cepe/error.h"
 #include "core/half.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-// g++ 12 reports false -W[maybe-]uninitialized warnings inside many AVX-512 intrinsics (on their
-// _mm512_undefined_*() pass-through operand) once they are inlined; the warnings point into the header.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#define CEPE_GEMV_X86 1
-// The SIMD kernels carry their own target attributes, so they are compiled (and dispatched at run time)
-// whether or not the build uses -march=native.
-#define CEPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
-#define CEPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#else
-#define CEPE_GEMV_X86 0
-#endif
+#include "kernels/cpu/x86_simd.h"
 
 namespace cepe::kernels::detail {
 namespace {
@@ -82,7 +66,7 @@ void rows_generic(const float* x, int64_t K, const void* wv, int64_t n0, int64_t
   }
 }
 
-#if CEPE_GEMV_X86
+#if CEPE_X86_SIMD
 
 // --- AVX2 + FMA + F16C: 8 lanes, one weight row at a time ----------------------------------------------------
 
@@ -263,7 +247,7 @@ CEPE_TARGET_AVX512 void rows_avx512(const float* x, int64_t K, const void* wv, i
   for (; n < n1; ++n) block_avx512<T, M, 1>(x, K, w + n * K, nullptr, nullptr, y + n, N, accumulate);
 }
 
-#endif  // CEPE_GEMV_X86
+#endif  // CEPE_X86_SIMD
 
 // --- dispatch -------------------------------------------------------------------------------------------------
 
@@ -276,7 +260,7 @@ template <WT T, int M>
 struct Generic {
   static constexpr RowsFn fn = rows_generic<T, M>;
 };
-#if CEPE_GEMV_X86
+#if CEPE_X86_SIMD
 template <WT T, int M>
 struct Avx2 {
   static constexpr RowsFn fn = rows_avx2<T, M>;
@@ -296,14 +280,14 @@ constexpr Table make_table() {
 }
 
 constexpr Table kGeneric = make_table<Generic>();
-#if CEPE_GEMV_X86
+#if CEPE_X86_SIMD
 constexpr Table kAvx2 = make_table<Avx2>();
 constexpr Table kAvx512 = make_table<Avx512>();
 #endif
 
 const Table& table(GemvIsa isa) {
   switch (isa) {
-#if CEPE_GEMV_X86
+#if CEPE_X86_SIMD
     case GemvIsa::Avx512: return kAvx512;
     case GemvIsa::Avx2: return kAvx2;
 #endif
@@ -331,7 +315,7 @@ const char* gemv_isa_name(GemvIsa isa) {
 bool gemv_isa_supported(GemvIsa isa) {
   switch (isa) {
     case GemvIsa::Generic: return true;
-#if CEPE_GEMV_X86
+#if CEPE_X86_SIMD
     case GemvIsa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case GemvIsa::Avx512:

@@ -1,0 +1,358 @@
+#include "kernels/cpu/shared_kv_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cepe/error.h"
+#include "core/half.h"
+#include "kernels/cpu/x86_simd.h"
+
+namespace cepe::kernels {
+namespace {
+
+// Keys per block: the widened block (64·D floats, 256 KiB at D = 1024) and the accumulator [M, D] share L2.
+constexpr int64_t kBlock = 64;
+// A thread gets at least this many keys: below it the parallel region and the merge cost more than they save.
+constexpr int64_t kMinKeysPerThread = 256;
+const float kNegInf = -std::numeric_limits<float>::infinity();
+
+// The instruction set's kernels. sc [M, n] = q [M, D] · s [n, D]ᵀ, prefetching the bytes [pf, pf_end) (the
+// next block's stored states) into L2 along the way; u [M, D] += p [M, n] · s [n, D];
+// x[i] = exp(x[i] - shift), with exp(-inf) = 0.
+struct Kernels {
+  void (*scores)(const float* q, int64_t M, int64_t D, const float* s, int64_t n, float* sc, const char* pf,
+                 const char* pf_end);
+  void (*accumulate)(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u);
+  void (*exp_shift)(float* x, int64_t n, float shift);
+};
+
+// --- portable C++ --------------------------------------------------------------------------------------------
+
+void scores_generic(const float* q, int64_t M, int64_t D, const float* s, int64_t n, float* sc, const char*,
+                    const char*) {
+  constexpr int L = 8;  // independent lanes: the lane loop vectorises without reassociating a sum
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      const float* a = q + r * D;
+      const float* b = s + j * D;
+      float acc[L] = {};
+      int64_t d = 0;
+      for (; d + L <= D; d += L)
+        for (int i = 0; i < L; ++i) acc[i] += a[d + i] * b[d + i];
+      for (int i = 0; d + i < D; ++i) acc[i] += a[d + i] * b[d + i];
+      float t = 0.0f;
+      for (int i = 0; i < L; ++i) t += acc[i];
+      sc[r * n + j] = t;
+    }
+}
+
+void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      const float w = p[r * n + j];
+      if (w == 0.0f) continue;
+      const float* b = s + j * D;
+      float* ur = u + r * D;
+      for (int64_t d = 0; d < D; ++d) ur[d] += w * b[d];
+    }
+}
+
+void exp_shift_generic(float* x, int64_t n, float shift) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i] - shift);
+}
+
+constexpr Kernels kGeneric{scores_generic, accumulate_generic, exp_shift_generic};
+
+#if CEPE_X86_SIMD
+
+// --- AVX-512 ------------------------------------------------------------------------------------------------
+
+CEPE_TARGET_AVX512 inline float hsum(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  __m128 t = _mm512_castps512_ps128(v);
+  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+  t = _mm_add_ss(t, _mm_movehdup_ps(t));
+  return _mm_cvtss_f32(t);
+}
+
+inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
+
+// sc[r * n + j] = q_r · s_j for R query rows (stride D) and J keys (stride D): J·R accumulators, each key
+// vector loaded once serves R rows.
+template <int R, int J>
+CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const float* s, int64_t n, float* sc) {
+  __m512 acc[J][R];
+#pragma GCC unroll 4
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 k = tail_mask(D - d);
+    __m512 sv[J];
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j) sv[j] = _mm512_maskz_loadu_ps(k, s + j * D + d);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 qv = _mm512_maskz_loadu_ps(k, q + r * D + d);
+#pragma GCC unroll 4
+      for (int j = 0; j < J; ++j) acc[j][r] = _mm512_fmadd_ps(sv[j], qv, acc[j][r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < J; ++j) sc[r * n + j] = hsum(acc[j][r]);
+}
+
+// Issues up to `lines` L2 prefetches from pf (advanced), stopping at pf_end.
+CEPE_TARGET_AVX512 inline void prefetch_lines(const char*& pf, const char* pf_end, int64_t lines) {
+  for (int64_t i = 0; i < lines && pf < pf_end; ++i, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+}
+
+template <int R>
+CEPE_TARGET_AVX512 void scores_rows(const float* q, int64_t D, const float* s, int64_t n, float* sc, const char*& pf,
+                                    const char* pf_end, int64_t pf_lines) {
+  int64_t j = 0;
+  for (; j + 3 <= n; j += 3) {
+    prefetch_lines(pf, pf_end, pf_lines);
+    scores_tile<R, 3>(q, D, s + j * D, n, sc + j);
+  }
+  for (; j < n; ++j) scores_tile<R, 1>(q, D, s + j * D, n, sc + j);
+}
+
+// The next block's prefetch is spread over the 8-row tiles' key tiles, so the loads of the stored states
+// (the first touch of each block, from L3 or DRAM) overlap with this block's arithmetic.
+CEPE_TARGET_AVX512 void scores_avx512(const float* q, int64_t M, int64_t D, const float* s, int64_t n, float* sc,
+                                      const char* pf, const char* pf_end) {
+  const int64_t tiles = std::max<int64_t>(1, M / 8 * (n / 3));
+  const int64_t pf_lines = (pf_end - pf + 64 * tiles - 1) / (64 * tiles);
+  int64_t r = 0;
+  for (; r + 8 <= M; r += 8) scores_rows<8>(q + r * D, D, s, n, sc + r * n, pf, pf_end, pf_lines);
+  prefetch_lines(pf, pf_end, (pf_end - pf + 63) / 64);
+  if (M - r >= 4) scores_rows<4>(q + r * D, D, s, n, sc + r * n, pf, pf_end, 0), r += 4;
+  if (M - r >= 2) scores_rows<2>(q + r * D, D, s, n, sc + r * n, pf, pf_end, 0), r += 2;
+  if (M - r >= 1) scores_rows<1>(q + r * D, D, s, n, sc + r * n, pf, pf_end, 0);
+}
+
+// u[r, 0:16E) += Σ_j p[r * n + j] · s_j[0:16E) for R rows of u (stride D); `last` masks the last vector of
+// the strip. The R·E accumulators stay in registers across all n keys.
+template <int R, int E>
+CEPE_TARGET_AVX512 inline void accumulate_tile(const float* p, int64_t n, const float* s, int64_t D, float* u,
+                                               __mmask16 last) {
+  __m512 acc[R][E];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int e = 0; e < E; ++e) acc[r][e] = _mm512_maskz_loadu_ps(e == E - 1 ? last : 0xffff, u + r * D + 16 * e);
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 sv[E];
+#pragma GCC unroll 4
+    for (int e = 0; e < E; ++e) sv[e] = _mm512_maskz_loadu_ps(e == E - 1 ? last : 0xffff, s + j * D + 16 * e);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 w = _mm512_set1_ps(p[r * n + j]);
+#pragma GCC unroll 4
+      for (int e = 0; e < E; ++e) acc[r][e] = _mm512_fmadd_ps(w, sv[e], acc[r][e]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int e = 0; e < E; ++e) _mm512_mask_storeu_ps(u + r * D + 16 * e, e == E - 1 ? last : 0xffff, acc[r][e]);
+}
+
+// One strip of 16E columns for all M rows: the strip of s (n · 64E bytes) stays in L1 across the row tiles.
+template <int E>
+CEPE_TARGET_AVX512 void accumulate_strip(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u,
+                                         __mmask16 last) {
+  int64_t r = 0;
+  for (; r + 8 <= M; r += 8) accumulate_tile<8, E>(p + r * n, n, s, D, u + r * D, last);
+  if (M - r >= 4) accumulate_tile<4, E>(p + r * n, n, s, D, u + r * D, last), r += 4;
+  if (M - r >= 2) accumulate_tile<2, E>(p + r * n, n, s, D, u + r * D, last), r += 2;
+  if (M - r >= 1) accumulate_tile<1, E>(p + r * n, n, s, D, u + r * D, last);
+}
+
+CEPE_TARGET_AVX512 void accumulate_avx512(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+  int64_t d = 0;
+  for (; d + 48 <= D; d += 48) accumulate_strip<3>(p, M, n, s + d, D, u + d, 0xffff);
+  const int64_t rest = D - d;
+  if (rest > 32) accumulate_strip<3>(p, M, n, s + d, D, u + d, tail_mask(rest - 32));
+  else if (rest > 16) accumulate_strip<2>(p, M, n, s + d, D, u + d, tail_mask(rest - 16));
+  else if (rest > 0) accumulate_strip<1>(p, M, n, s + d, D, u + d, tail_mask(rest));
+}
+
+// exp(x) for x <= 0 to within ~2 ulp: x = k·ln2 + t with |t| <= ln2/2, a degree-7 Taylor polynomial in t
+// (truncation < 2e-9), scaled by 2^k with vscalefps, which also takes the result smoothly to 0 below -104
+// (and -inf to 0).
+CEPE_TARGET_AVX512 inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 t = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);  // ln2 split: the high part is exact in k·hi
+  t = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), t);
+  __m512 y = _mm512_set1_ps(1.0f / 5040.0f);
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 720.0f));
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 120.0f));
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 24.0f));
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 6.0f));
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, k);
+}
+
+CEPE_TARGET_AVX512 void exp_shift_avx512(float* x, int64_t n, float shift) {
+  const __m512 sh = _mm512_set1_ps(shift);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), sh);
+    _mm512_mask_storeu_ps(x + i, k, exp_nonpositive(_mm512_min_ps(v, _mm512_setzero_ps())));
+  }
+}
+
+constexpr Kernels kAvx512{scores_avx512, accumulate_avx512, exp_shift_avx512};
+
+#endif  // CEPE_X86_SIMD
+
+// --- the pass over the keys ------------------------------------------------------------------------------------
+
+// One thread's share: running max m, normaliser l and unnormalised weighted sum u per query row.
+struct Partial {
+  std::vector<float> m, l, u;
+};
+
+// Folds a block's scores sc [M, n] into the running state; sc becomes the block's weights exp(score - m).
+void online_softmax(const Kernels& k, float* sc, int64_t M, int64_t n, const uint8_t* mask, Partial& st, int64_t D) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* sr = sc + r * n;
+    if (mask)
+      for (int64_t j = 0; j < n; ++j)
+        if (!mask[j]) sr[j] = kNegInf;
+    float bm = kNegInf;
+    for (int64_t j = 0; j < n; ++j) bm = std::max(bm, sr[j]);
+    if (bm == kNegInf) {  // no real key in this block
+      std::fill(sr, sr + n, 0.0f);
+      continue;
+    }
+    float& m = st.m[static_cast<size_t>(r)];
+    float& l = st.l[static_cast<size_t>(r)];
+    if (bm > m) {
+      if (m != kNegInf) {
+        const float c = std::exp(m - bm);
+        l *= c;
+        float* ur = st.u.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) ur[d] *= c;
+      }
+      m = bm;
+    }
+    k.exp_shift(sr, n, m);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sum += sr[j];
+    l += sum;
+  }
+}
+
+// Keys [k0, k1) into `st`, block by block.
+void attend_range(const Kernels& k, const float* q, int64_t M, int64_t D, const void* s, DType dt,
+                  const uint8_t* mask, int64_t k0, int64_t k1, Partial& st) {
+  st.m.assign(static_cast<size_t>(M), kNegInf);
+  st.l.assign(static_cast<size_t>(M), 0.0f);
+  st.u.assign(static_cast<size_t>(M * D), 0.0f);
+  // Scratch kept per thread across calls: a decode step calls this once per layer, and fresh buffers of
+  // this size would come from mmap and page-fault in every time.
+  thread_local std::vector<float> sc, wide;
+  sc.resize(static_cast<size_t>(M * kBlock));
+  if (dt != DType::F32) wide.resize(static_cast<size_t>(kBlock * D));
+  const size_t es = dtype_size(dt);
+  for (int64_t b0 = k0; b0 < k1; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, k1 - b0);
+    const uint8_t* mb = mask ? mask + b0 : nullptr;
+    if (mb && std::none_of(mb, mb + n, [](uint8_t v) { return v != 0; })) continue;
+    const float* rows;
+    if (dt == DType::F32) {
+      rows = static_cast<const float*>(s) + b0 * D;
+    } else {
+      convert_to_f32(dt, static_cast<const char*>(s) + static_cast<size_t>(b0 * D) * es, wide.data(), n * D);
+      rows = wide.data();
+    }
+    const char* next = static_cast<const char*>(s) + static_cast<size_t>((b0 + n) * D) * es;
+    const char* next_end = static_cast<const char*>(s) + static_cast<size_t>(std::min(k1, b0 + n + kBlock) * D) * es;
+    k.scores(q, M, D, rows, n, sc.data(), next, next_end);
+    online_softmax(k, sc.data(), M, n, mb, st, D);
+    k.accumulate(sc.data(), M, n, rows, D, st.u.data());
+  }
+}
+
+const Kernels& kernels_for(detail::GemvIsa isa) {
+#if CEPE_X86_SIMD
+  if (isa == detail::GemvIsa::Avx512) return kAvx512;
+#else
+  (void)isa;
+#endif
+  return kGeneric;
+}
+
+}  // namespace
+
+namespace detail {
+
+void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DType dt, int64_t N,
+                         const uint8_t* mask, float* out, GemvIsa isa) {
+  if (M < 1 || D < 1 || N < 1)
+    throw Error("shared_kv_attention: bad shape M=" + std::to_string(M) + " D=" + std::to_string(D) +
+                " N=" + std::to_string(N));
+  if (dt != DType::F32 && dt != DType::BF16 && dt != DType::F16)
+    throw Error(std::string("shared_kv_attention: unsupported state dtype ") + dtype_name(dt));
+  if (!gemv_isa_supported(isa))
+    throw Error(std::string("shared_kv_attention: this CPU does not support ") + gemv_isa_name(isa));
+  const Kernels& k = kernels_for(isa);
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  const int64_t want = std::clamp<int64_t>(N / kMinKeysPerThread, 1, omp_get_max_threads());
+  std::vector<Partial*> parts(static_cast<size_t>(want));
+  int64_t team = 1;
+#pragma omp parallel num_threads(static_cast<int>(want)) if (want > 1)
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+#pragma omp single
+    team = nt;
+    const int64_t k0 = std::min(N, blocks * t / nt * kBlock), k1 = std::min(N, blocks * (t + 1) / nt * kBlock);
+    thread_local Partial mine;  // reused across calls (see attend_range); read by the merge below
+    parts[static_cast<size_t>(t)] = &mine;
+    attend_range(k, q, M, D, s, dt, mask, k0, k1, mine);
+  }
+  // Merge in thread order: out_r = Σ_t e^(m_t - m) u_t / Σ_t e^(m_t - m) l_t.
+  for (int64_t r = 0; r < M; ++r) {
+    float m = kNegInf;
+    for (int64_t t = 0; t < team; ++t) m = std::max(m, parts[static_cast<size_t>(t)]->m[static_cast<size_t>(r)]);
+    float* o = out + r * D;
+    std::fill(o, o + D, 0.0f);
+    if (m == kNegInf) continue;  // every key masked: documented as zeros
+    float l = 0.0f;
+    for (int64_t t = 0; t < team; ++t) {
+      const Partial& p = *parts[static_cast<size_t>(t)];
+      const float mt = p.m[static_cast<size_t>(r)];
+      if (mt == kNegInf) continue;
+      const float c = std::exp(mt - m);
+      l += c * p.l[static_cast<size_t>(r)];
+      const float* u = p.u.data() + r * D;
+      for (int64_t d = 0; d < D; ++d) o[d] += c * u[d];
+    }
+    const float inv = 1.0f / l;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  }
+}
+
+}  // namespace detail
+
+void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DType dt, int64_t N,
+                         const uint8_t* mask, float* out) {
+  detail::shared_kv_attention(q, M, D, s, dt, N, mask, out, detail::gemv_best_isa());
+}
+
+}  // namespace cepe::kernels

@@ -1,0 +1,18 @@
+#pragma once
+// x86 SIMD intrinsics for the hand-written kernels, and the target attributes that let those kernels be
+// compiled (and dispatched at run time) whether or not the build uses -march=native.
+// CEPE_X86_SIMD is 1 where the intrinsics exist; the kernels keep a portable C++ path for the rest.
+#if defined(__x86_64__) || defined(__i386__)
+// g++ 12 reports false -W[maybe-]uninitialized warnings inside many AVX-512 intrinsics (on their
+// _mm512_undefined_*() pass-through operand) once they are inlined; the warnings point into the header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define CEPE_X86_SIMD 1
+#define CEPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define CEPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define CEPE_X86_SIMD 0
+#endif
