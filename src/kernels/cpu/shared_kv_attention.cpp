@@ -21,20 +21,27 @@ constexpr int64_t kBlock = 64;
 constexpr int64_t kMinKeysPerThread = 256;
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
-// The instruction set's kernels. sc [M, n] = q [M, D] · s [n, D]ᵀ, prefetching the bytes [pf, pf_end) (the
-// next block's stored states) into L2 along the way; u [M, D] += p [M, n] · s [n, D];
-// x[i] = exp(x[i] - shift), with exp(-inf) = 0.
+// The instruction set's kernels.
+// scores: sc [M, n] = q [M, D] · s [n, D]ᵀ for one block of stored rows s (dtype dt); half rows are widened
+//   into `wide` [n, D] on the way, and the f32 rows are returned (s itself when dt is F32). The bytes
+//   [pf, pf_end) (the next block's stored rows) are prefetched into L2 along the way.
+// accumulate: u [M, D] += p [M, n] · s [n, D]. exp_shift: x[i] = exp(x[i] - shift), with exp(-inf) = 0.
 struct Kernels {
-  void (*scores)(const float* q, int64_t M, int64_t D, const float* s, int64_t n, float* sc, const char* pf,
-                 const char* pf_end);
+  const float* (*scores)(const float* q, int64_t M, int64_t D, const void* s, DType dt, float* wide, int64_t n,
+                         float* sc, const char* pf, const char* pf_end);
   void (*accumulate)(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u);
   void (*exp_shift)(float* x, int64_t n, float shift);
 };
 
 // --- portable C++ --------------------------------------------------------------------------------------------
 
-void scores_generic(const float* q, int64_t M, int64_t D, const float* s, int64_t n, float* sc, const char*,
-                    const char*) {
+const float* scores_generic(const float* q, int64_t M, int64_t D, const void* stored, DType dt, float* wide,
+                           int64_t n, float* sc, const char*, const char*) {
+  const float* s = static_cast<const float*>(stored);
+  if (dt != DType::F32) {
+    convert_to_f32(dt, stored, wide, n * D);
+    s = wide;
+  }
   constexpr int L = 8;  // independent lanes: the lane loop vectorises without reassociating a sum
   for (int64_t r = 0; r < M; ++r)
     for (int64_t j = 0; j < n; ++j) {
@@ -49,6 +56,7 @@ void scores_generic(const float* q, int64_t M, int64_t D, const float* s, int64_
       for (int i = 0; i < L; ++i) t += acc[i];
       sc[r * n + j] = t;
     }
+  return s;
 }
 
 void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
@@ -83,10 +91,28 @@ CEPE_TARGET_AVX512 inline float hsum(__m512 v) {
 
 inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
 
-// sc[r * n + j] = q_r · s_j for R query rows (stride D) and J keys (stride D): J·R accumulators, each key
-// vector loaded once serves R rows.
-template <int R, int J>
-CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const float* s, int64_t n, float* sc) {
+// Where a score tile reads its key rows: f32 rows, or stored half rows that it widens exactly and also
+// writes to the block's f32 buffer for the later tiles (one pass instead of a separate widening pass).
+enum class Src { F32, BF16, F16 };
+
+template <Src S>
+CEPE_TARGET_AVX512 inline __m512 load_key(const void* s, float* wide, int64_t off, __mmask16 k) {
+  if constexpr (S == Src::F32) {
+    return _mm512_maskz_loadu_ps(k, static_cast<const float*>(s) + off);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(s) + off);
+    const __m512 v = S == Src::BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                                    : _mm512_cvtph_ps(h);
+    _mm512_mask_storeu_ps(wide + off, k, v);
+    return v;
+  }
+}
+
+// sc[r * n + j] = q_r · s_j for R query rows (stride D) and J keys (rows j of s, stride D): J·R
+// accumulators, each key vector loaded once serves R rows.
+template <int R, int J, Src S>
+CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const void* s, float* wide, int64_t j0,
+                                           int64_t n, float* sc) {
   __m512 acc[J][R];
 #pragma GCC unroll 4
   for (int j = 0; j < J; ++j)
@@ -96,7 +122,7 @@ CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const floa
     const __mmask16 k = tail_mask(D - d);
     __m512 sv[J];
 #pragma GCC unroll 4
-    for (int j = 0; j < J; ++j) sv[j] = _mm512_maskz_loadu_ps(k, s + j * D + d);
+    for (int j = 0; j < J; ++j) sv[j] = load_key<S>(s, wide, (j0 + j) * D + d, k);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 qv = _mm512_maskz_loadu_ps(k, q + r * D + d);
@@ -107,7 +133,7 @@ CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const floa
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < J; ++j) sc[r * n + j] = hsum(acc[j][r]);
+    for (int j = 0; j < J; ++j) sc[r * n + j0 + j] = hsum(acc[j][r]);
 }
 
 // Issues up to `lines` L2 prefetches from pf (advanced), stopping at pf_end.
@@ -115,29 +141,52 @@ CEPE_TARGET_AVX512 inline void prefetch_lines(const char*& pf, const char* pf_en
   for (int64_t i = 0; i < lines && pf < pf_end; ++i, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
 }
 
-template <int R>
-CEPE_TARGET_AVX512 void scores_rows(const float* q, int64_t D, const float* s, int64_t n, float* sc, const char*& pf,
-                                    const char* pf_end, int64_t pf_lines) {
+template <int R, Src S>
+CEPE_TARGET_AVX512 void scores_rows(const float* q, int64_t D, const void* s, float* wide, int64_t n, float* sc,
+                                    const char*& pf, const char* pf_end, int64_t pf_lines) {
   int64_t j = 0;
   for (; j + 3 <= n; j += 3) {
     prefetch_lines(pf, pf_end, pf_lines);
-    scores_tile<R, 3>(q, D, s + j * D, n, sc + j);
+    scores_tile<R, 3, S>(q, D, s, wide, j, n, sc);
   }
-  for (; j < n; ++j) scores_tile<R, 1>(q, D, s + j * D, n, sc + j);
+  for (; j < n; ++j) scores_tile<R, 1, S>(q, D, s, wide, j, n, sc);
+}
+
+// Rows [r, M) in tiles of 8, 4, 2, 1; the first tile reads from s as S, the rest from f32 `rows`.
+template <Src S>
+CEPE_TARGET_AVX512 void scores_all_rows(const float* q, int64_t M, int64_t D, const void* s, float* wide,
+                                        const float* rows, int64_t n, float* sc, const char*& pf, const char* pf_end,
+                                        int64_t pf_lines) {
+  const int64_t first = M >= 8 ? 8 : M >= 4 ? 4 : M >= 2 ? 2 : 1;
+  switch (first) {
+    case 8: scores_rows<8, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
+    case 4: scores_rows<4, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
+    case 2: scores_rows<2, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
+    default: scores_rows<1, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
+  }
+  int64_t r = first;
+  for (; r + 8 <= M; r += 8) scores_rows<8, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, pf_lines);
+  prefetch_lines(pf, pf_end, (pf_end - pf + 63) / 64);
+  if (M - r >= 4) scores_rows<4, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, 0), r += 4;
+  if (M - r >= 2) scores_rows<2, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, 0), r += 2;
+  if (M - r >= 1) scores_rows<1, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, 0);
 }
 
 // The next block's prefetch is spread over the 8-row tiles' key tiles, so the loads of the stored states
 // (the first touch of each block, from L3 or DRAM) overlap with this block's arithmetic.
-CEPE_TARGET_AVX512 void scores_avx512(const float* q, int64_t M, int64_t D, const float* s, int64_t n, float* sc,
-                                      const char* pf, const char* pf_end) {
-  const int64_t tiles = std::max<int64_t>(1, M / 8 * (n / 3));
+CEPE_TARGET_AVX512 const float* scores_avx512(const float* q, int64_t M, int64_t D, const void* s, DType dt,
+                                              float* wide, int64_t n, float* sc, const char* pf, const char* pf_end) {
+  const int64_t tiles = std::max<int64_t>(1, (M + 7) / 8 * (n / 3));
   const int64_t pf_lines = (pf_end - pf + 64 * tiles - 1) / (64 * tiles);
-  int64_t r = 0;
-  for (; r + 8 <= M; r += 8) scores_rows<8>(q + r * D, D, s, n, sc + r * n, pf, pf_end, pf_lines);
-  prefetch_lines(pf, pf_end, (pf_end - pf + 63) / 64);
-  if (M - r >= 4) scores_rows<4>(q + r * D, D, s, n, sc + r * n, pf, pf_end, 0), r += 4;
-  if (M - r >= 2) scores_rows<2>(q + r * D, D, s, n, sc + r * n, pf, pf_end, 0), r += 2;
-  if (M - r >= 1) scores_rows<1>(q + r * D, D, s, n, sc + r * n, pf, pf_end, 0);
+  switch (dt) {
+    case DType::BF16: scores_all_rows<Src::BF16>(q, M, D, s, wide, wide, n, sc, pf, pf_end, pf_lines); return wide;
+    case DType::F16: scores_all_rows<Src::F16>(q, M, D, s, wide, wide, n, sc, pf, pf_end, pf_lines); return wide;
+    default: {
+      const float* rows = static_cast<const float*>(s);
+      scores_all_rows<Src::F32>(q, M, D, s, nullptr, rows, n, sc, pf, pf_end, pf_lines);
+      return rows;
+    }
+  }
 }
 
 // u[r, 0:16E) += Σ_j p[r * n + j] · s_j[0:16E) for R rows of u (stride D); `last` masks the last vector of
@@ -274,16 +323,10 @@ void attend_range(const Kernels& k, const float* q, int64_t M, int64_t D, const 
     const int64_t n = std::min(kBlock, k1 - b0);
     const uint8_t* mb = mask ? mask + b0 : nullptr;
     if (mb && std::none_of(mb, mb + n, [](uint8_t v) { return v != 0; })) continue;
-    const float* rows;
-    if (dt == DType::F32) {
-      rows = static_cast<const float*>(s) + b0 * D;
-    } else {
-      convert_to_f32(dt, static_cast<const char*>(s) + static_cast<size_t>(b0 * D) * es, wide.data(), n * D);
-      rows = wide.data();
-    }
+    const void* stored = static_cast<const char*>(s) + static_cast<size_t>(b0 * D) * es;
     const char* next = static_cast<const char*>(s) + static_cast<size_t>((b0 + n) * D) * es;
     const char* next_end = static_cast<const char*>(s) + static_cast<size_t>(std::min(k1, b0 + n + kBlock) * D) * es;
-    k.scores(q, M, D, rows, n, sc.data(), next, next_end);
+    const float* rows = k.scores(q, M, D, stored, dt, wide.data(), n, sc.data(), next, next_end);
     online_softmax(k, sc.data(), M, n, mb, st, D);
     k.accumulate(sc.data(), M, n, rows, D, st.u.data());
   }
