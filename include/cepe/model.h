@@ -50,7 +50,10 @@ struct EncodeOptions {
   std::function<void(int64_t done, int64_t total)> progress;
 };
 
-// Time and arithmetic spent in cross-attention (filled when DecodeOptions::stats is set).
+// Time and arithmetic of the cross-attention strategy's work over the encoder states (filled when
+// DecodeOptions::stats is set): from the projected queries to the attention output, i.e. K/V projection
+// and attention (recompute), attention over cached K/V (cached), or query folding, attention over Φ and
+// W_v (absorbed). The q/o projections, the same in every strategy, are not included.
 struct CrossAttnStats {
   double seconds = 0;
   double flops = 0;

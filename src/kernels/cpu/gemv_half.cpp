@@ -149,15 +149,6 @@ CEPE_TARGET_AVX512 inline __m512 widen16_avx512(__m256i h) {
   else return _mm512_cvtph_ps(h);
 }
 
-CEPE_TARGET_AVX512 inline float hsum_avx512(__m512 v) {
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  __m128 s = _mm512_castps512_ps128(v);
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 template <WT T>
 CEPE_TARGET_AVX512 inline __m512 load16_avx512(const WElem<T>* p) {
   if constexpr (T == WT::F32) {

@@ -80,15 +80,6 @@ constexpr Kernels kGeneric{scores_generic, accumulate_generic, exp_shift_generic
 
 // --- AVX-512 ------------------------------------------------------------------------------------------------
 
-CEPE_TARGET_AVX512 inline float hsum(__m512 v) {
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  __m128 t = _mm512_castps512_ps128(v);
-  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-  t = _mm_add_ss(t, _mm_movehdup_ps(t));
-  return _mm_cvtss_f32(t);
-}
-
 inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
 
 // Where a score tile reads its key rows: f32 rows, or stored half rows that it widens exactly and also
@@ -133,7 +124,7 @@ CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const void
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < J; ++j) sc[r * n + j0 + j] = hsum(acc[j][r]);
+    for (int j = 0; j < J; ++j) sc[r * n + j0 + j] = hsum_avx512(acc[j][r]);
 }
 
 // Issues up to `lines` L2 prefetches from pf (advanced), stopping at pf_end.

@@ -13,6 +13,20 @@
 #define CEPE_X86_SIMD 1
 #define CEPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define CEPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace cepe::kernels {
+
+// The sum of the 16 lanes, in a fixed order.
+CEPE_TARGET_AVX512 inline float hsum_avx512(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  __m128 s = _mm512_castps512_ps128(v);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+}  // namespace cepe::kernels
 #else
 #define CEPE_X86_SIMD 0
 #endif
