@@ -84,13 +84,6 @@ CEPE_TARGET_AVX2 inline __m256 load8_avx2(const WElem<T>* p) {
   }
 }
 
-CEPE_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 template <WT T, int M>
 CEPE_TARGET_AVX2 void rows_avx2(const float* x, int64_t K, const void* wv, int64_t n0, int64_t n1, float* y,
                                 int64_t N, bool accumulate) {

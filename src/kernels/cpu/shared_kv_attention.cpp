@@ -59,15 +59,20 @@ const float* scores_generic(const float* q, int64_t M, int64_t D, const void* st
   return s;
 }
 
-void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+// Columns [0, width) of rows with stride D.
+void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u, int64_t width) {
   for (int64_t r = 0; r < M; ++r)
     for (int64_t j = 0; j < n; ++j) {
       const float w = p[r * n + j];
       if (w == 0.0f) continue;
       const float* b = s + j * D;
       float* ur = u + r * D;
-      for (int64_t d = 0; d < D; ++d) ur[d] += w * b[d];
+      for (int64_t d = 0; d < width; ++d) ur[d] += w * b[d];
     }
+}
+
+void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+  accumulate_generic(p, M, n, s, D, u, D);
 }
 
 void exp_shift_generic(float* x, int64_t n, float shift) {
@@ -78,13 +83,13 @@ constexpr Kernels kGeneric{scores_generic, accumulate_generic, exp_shift_generic
 
 #if CEPE_X86_SIMD
 
-// --- AVX-512 ------------------------------------------------------------------------------------------------
-
-inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
-
 // Where a score tile reads its key rows: f32 rows, or stored half rows that it widens exactly and also
 // writes to the block's f32 buffer for the later tiles (one pass instead of a separate widening pass).
 enum class Src { F32, BF16, F16 };
+
+// --- AVX-512 ------------------------------------------------------------------------------------------------
+
+inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
 
 template <Src S>
 CEPE_TARGET_AVX512 inline __m512 load_key(const void* s, float* wide, int64_t off, __mmask16 k) {
@@ -258,6 +263,161 @@ CEPE_TARGET_AVX512 void exp_shift_avx512(float* x, int64_t n, float shift) {
 
 constexpr Kernels kAvx512{scores_avx512, accumulate_avx512, exp_shift_avx512};
 
+// --- AVX2 + FMA + F16C: 8 lanes, the D % 8 tail in scalar code ----------------------------------------------
+
+template <Src S>
+CEPE_TARGET_AVX2 inline __m256 load_key8(const void* s, float* wide, int64_t off) {
+  if constexpr (S == Src::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(s) + off);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(s) + off));
+    const __m256 v = S == Src::BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                                    : _mm256_cvtph_ps(h);
+    _mm256_storeu_ps(wide + off, v);
+    return v;
+  }
+}
+
+template <Src S>
+inline float load_key1(const void* s, float* wide, int64_t off) {
+  if constexpr (S == Src::F32) {
+    return static_cast<const float*>(s)[off];
+  } else {
+    const uint16_t h = static_cast<const uint16_t*>(s)[off];
+    const float v = S == Src::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    wide[off] = v;
+    return v;
+  }
+}
+
+template <int R, int J, Src S>
+CEPE_TARGET_AVX2 inline void scores_tile_avx2(const float* q, int64_t D, const void* s, float* wide, int64_t j0,
+                                              int64_t n, float* sc) {
+  __m256 acc[J][R];
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+  const int64_t dv = D / 8 * 8;
+  for (int64_t d = 0; d < dv; d += 8) {
+    __m256 sv[J];
+    for (int j = 0; j < J; ++j) sv[j] = load_key8<S>(s, wide, (j0 + j) * D + d);
+    for (int r = 0; r < R; ++r) {
+      const __m256 qv = _mm256_loadu_ps(q + r * D + d);
+      for (int j = 0; j < J; ++j) acc[j][r] = _mm256_fmadd_ps(sv[j], qv, acc[j][r]);
+    }
+  }
+  for (int j = 0; j < J; ++j) {
+    float tail[8];
+    for (int64_t d = dv; d < D; ++d) tail[d - dv] = load_key1<S>(s, wide, (j0 + j) * D + d);
+    for (int r = 0; r < R; ++r) {
+      float t = hsum_avx2(acc[j][r]);
+      for (int64_t d = dv; d < D; ++d) t += q[r * D + d] * tail[d - dv];
+      sc[r * n + j0 + j] = t;
+    }
+  }
+}
+
+template <int R, Src S>
+CEPE_TARGET_AVX2 void scores_rows_avx2(const float* q, int64_t D, const void* s, float* wide, int64_t n, float* sc) {
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) scores_tile_avx2<R, 2, S>(q, D, s, wide, j, n, sc);
+  for (; j < n; ++j) scores_tile_avx2<R, 1, S>(q, D, s, wide, j, n, sc);
+}
+
+// The first row tile reads the stored rows as S (and widens them into `wide`), the rest read f32 `rows`.
+template <Src S>
+CEPE_TARGET_AVX2 void scores_all_rows_avx2(const float* q, int64_t M, int64_t D, const void* s, float* wide,
+                                           const float* rows, int64_t n, float* sc) {
+  const int64_t first = M >= 4 ? 4 : M >= 2 ? 2 : 1;
+  switch (first) {
+    case 4: scores_rows_avx2<4, S>(q, D, s, wide, n, sc); break;
+    case 2: scores_rows_avx2<2, S>(q, D, s, wide, n, sc); break;
+    default: scores_rows_avx2<1, S>(q, D, s, wide, n, sc); break;
+  }
+  int64_t r = first;
+  for (; r + 4 <= M; r += 4) scores_rows_avx2<4, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n);
+  if (M - r >= 2) scores_rows_avx2<2, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n), r += 2;
+  if (M - r >= 1) scores_rows_avx2<1, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n);
+}
+
+CEPE_TARGET_AVX2 const float* scores_avx2(const float* q, int64_t M, int64_t D, const void* s, DType dt, float* wide,
+                                          int64_t n, float* sc, const char*, const char*) {
+  switch (dt) {
+    case DType::BF16: scores_all_rows_avx2<Src::BF16>(q, M, D, s, wide, wide, n, sc); return wide;
+    case DType::F16: scores_all_rows_avx2<Src::F16>(q, M, D, s, wide, wide, n, sc); return wide;
+    default: {
+      const float* rows = static_cast<const float*>(s);
+      scores_all_rows_avx2<Src::F32>(q, M, D, s, nullptr, rows, n, sc);
+      return rows;
+    }
+  }
+}
+
+// u[r, 0:8E) += Σ_j p[r * n + j] · s_j[0:8E) for R rows of u (stride D).
+template <int R, int E>
+CEPE_TARGET_AVX2 inline void accumulate_tile_avx2(const float* p, int64_t n, const float* s, int64_t D, float* u) {
+  __m256 acc[R][E];
+  for (int r = 0; r < R; ++r)
+    for (int e = 0; e < E; ++e) acc[r][e] = _mm256_loadu_ps(u + r * D + 8 * e);
+  for (int64_t j = 0; j < n; ++j) {
+    __m256 sv[E];
+    for (int e = 0; e < E; ++e) sv[e] = _mm256_loadu_ps(s + j * D + 8 * e);
+    for (int r = 0; r < R; ++r) {
+      const __m256 w = _mm256_set1_ps(p[r * n + j]);
+      for (int e = 0; e < E; ++e) acc[r][e] = _mm256_fmadd_ps(w, sv[e], acc[r][e]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int e = 0; e < E; ++e) _mm256_storeu_ps(u + r * D + 8 * e, acc[r][e]);
+}
+
+template <int E>
+CEPE_TARGET_AVX2 void accumulate_strip_avx2(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+  int64_t r = 0;
+  for (; r + 4 <= M; r += 4) accumulate_tile_avx2<4, E>(p + r * n, n, s, D, u + r * D);
+  if (M - r >= 2) accumulate_tile_avx2<2, E>(p + r * n, n, s, D, u + r * D), r += 2;
+  if (M - r >= 1) accumulate_tile_avx2<1, E>(p + r * n, n, s, D, u + r * D);
+}
+
+CEPE_TARGET_AVX2 void accumulate_avx2(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) accumulate_strip_avx2<2>(p, M, n, s + d, D, u + d);
+  if (d + 8 <= D) accumulate_strip_avx2<1>(p, M, n, s + d, D, u + d), d += 8;
+  if (d < D) accumulate_generic(p, M, n, s + d, D, u + d, D - d);
+}
+
+// exp(x) for x <= 0 as exp_nonpositive above, with 2^k applied through the exponent bits (valid while the
+// result is normal: x >= -86); below -86 the result is 0, an absolute error under 5e-38.
+CEPE_TARGET_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_LT_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-86.0f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 t = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  t = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), t);
+  __m256 y = _mm256_set1_ps(1.0f / 5040.0f);
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 720.0f));
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 120.0f));
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 24.0f));
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 6.0f));
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(0.5f));
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f));
+  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f));
+  const __m256i scaled = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23));
+  return _mm256_andnot_ps(underflow, _mm256_castsi256_ps(scaled));
+}
+
+CEPE_TARGET_AVX2 void exp_shift_avx2(float* x, int64_t n, float shift) {
+  const __m256 sh = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_min_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh), _mm256_setzero_ps());
+    _mm256_storeu_ps(x + i, exp_nonpositive_avx2(v));
+  }
+  if (i < n) exp_shift_generic(x + i, n - i, shift);
+}
+
+constexpr Kernels kAvx2{scores_avx2, accumulate_avx2, exp_shift_avx2};
+
 #endif  // CEPE_X86_SIMD
 
 // --- the pass over the keys ------------------------------------------------------------------------------------
@@ -326,6 +486,7 @@ void attend_range(const Kernels& k, const float* q, int64_t M, int64_t D, const 
 const Kernels& kernels_for(detail::GemvIsa isa) {
 #if CEPE_X86_SIMD
   if (isa == detail::GemvIsa::Avx512) return kAvx512;
+  if (isa == detail::GemvIsa::Avx2) return kAvx2;
 #else
   (void)isa;
 #endif

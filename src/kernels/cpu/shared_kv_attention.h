@@ -23,8 +23,8 @@ void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DT
                          const uint8_t* mask, float* out);
 
 namespace detail {
-// The same, pinned to an instruction set: Avx512 runs the tiled AVX-512 kernels, anything else the portable
-// C++ ones (tests and benchmarks compare them).
+// The same, pinned to an instruction set: Avx512 and Avx2 run tiled kernels of that instruction set, Generic
+// the portable C++ ones (tests and benchmarks compare them).
 void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DType dt, int64_t N,
                          const uint8_t* mask, float* out, GemvIsa isa);
 }  // namespace detail

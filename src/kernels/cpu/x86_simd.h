@@ -26,6 +26,14 @@ CEPE_TARGET_AVX512 inline float hsum_avx512(__m512 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The sum of the 8 lanes, in a fixed order.
+CEPE_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 }  // namespace cepe::kernels
 #else
 #define CEPE_X86_SIMD 0
