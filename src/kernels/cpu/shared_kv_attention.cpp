@@ -233,10 +233,10 @@ CEPE_TARGET_AVX512 void accumulate_avx512(const float* p, int64_t M, int64_t n, 
 }
 
 // exp(x) for x <= 0 to within ~2 ulp: x = k·ln2 + t with |t| <= ln2/2, a degree-7 Taylor polynomial in t
-// (truncation < 2e-9), scaled by 2^k with vscalefps, which also takes the result smoothly to 0 below -104
+// (truncation < 2e-9), scaled by 2^k with vscalefps, which also takes the result to exactly 0 below -110
 // (and -inf to 0).
 CEPE_TARGET_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  x = _mm512_max_ps(x, _mm512_set1_ps(-110.0f));
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 t = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);  // ln2 split: the high part is exact in k·hi
