@@ -87,6 +87,13 @@ constexpr Kernels kGeneric{scores_generic, accumulate_generic, exp_shift_generic
 // writes to the block's f32 buffer for the later tiles (one pass instead of a separate widening pass).
 enum class Src { F32, BF16, F16 };
 
+// exp(x) = 2^k · e^t with k = round(x·log2 e), t = x - k·ln2 (ln2 split in two: k·kLn2Hi is exact), and e^t
+// from its degree-7 Taylor polynomial (Horner coefficients, highest first).
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kExpTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+
 // --- AVX-512 ------------------------------------------------------------------------------------------------
 
 inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
@@ -237,18 +244,12 @@ CEPE_TARGET_AVX512 void accumulate_avx512(const float* p, int64_t M, int64_t n, 
 // (and -inf to 0).
 CEPE_TARGET_AVX512 inline __m512 exp_nonpositive(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-110.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 t = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);  // ln2 split: the high part is exact in k·hi
-  t = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), t);
-  __m512 y = _mm512_set1_ps(1.0f / 5040.0f);
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 720.0f));
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 120.0f));
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 24.0f));
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f / 6.0f));
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(0.5f));
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f));
-  y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.0f));
+  __m512 t = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Hi), x);
+  t = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Lo), t);
+  __m512 y = _mm512_set1_ps(kExpTaylor[0]);
+  for (int i = 1; i < 8; ++i) y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(kExpTaylor[i]));
   return _mm512_scalef_ps(y, k);
 }
 
@@ -390,18 +391,12 @@ CEPE_TARGET_AVX2 void accumulate_avx2(const float* p, int64_t M, int64_t n, cons
 CEPE_TARGET_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
   const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_LT_OQ);
   x = _mm256_max_ps(x, _mm256_set1_ps(-86.0f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 t = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-  t = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), t);
-  __m256 y = _mm256_set1_ps(1.0f / 5040.0f);
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 720.0f));
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 120.0f));
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 24.0f));
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f / 6.0f));
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(0.5f));
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f));
-  y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(1.0f));
+  __m256 t = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Hi), x);
+  t = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Lo), t);
+  __m256 y = _mm256_set1_ps(kExpTaylor[0]);
+  for (int i = 1; i < 8; ++i) y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(kExpTaylor[i]));
   const __m256i scaled = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23));
   return _mm256_andnot_ps(underflow, _mm256_castsi256_ps(scaled));
 }
