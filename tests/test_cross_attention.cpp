@@ -9,6 +9,7 @@
 #include "cepe/generate.h"
 #include "cepe/model.h"
 #include "golden.h"
+#include "model/cross_attention.h"
 
 namespace cepe {
 namespace {
@@ -145,16 +146,51 @@ TEST(CrossAttention, AllPaddingRowIsTheSameInEveryStrategy) {
   for (int64_t i = 0; i < out[0].numel(); ++i) ASSERT_TRUE(std::isfinite(out[0].f32()[i]));
 }
 
-TEST(CrossAttention, AutoPicksCachedWithinBudgetAndAbsorbedForDecodeOtherwise) {
-  auto m = CepeModel::load(data_dir("cepe-tiny-a"));
-  Golden g(data_dir("cepe-tiny-a"));
-  EncodedContext ctx = m->encode(g.chunks);
-  DecodeOptions o;  // budget 0: nothing may be cached
-  m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
-  EXPECT_EQ(ctx.cross_kv_bytes(), 0u);
-  o.cross_kv_budget = m->cross_kv_bytes(g.batch, ctx.keys());
-  m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
-  EXPECT_EQ(ctx.cross_kv_bytes(), o.cross_kv_budget);
+LlamaConfig decoder_shape(int64_t hidden, int64_t heads, int64_t kv_heads) {
+  LlamaConfig c;
+  c.hidden_size = hidden;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  return c;
+}
+
+TEST(CrossAttention, AutoFollowsTheCostModel) {
+  const size_t big = size_t{1} << 40;
+  using M = CrossAttnMode;
+  // LLaMA-2-7B decoder (32 KV heads) over the 1024-wide encoder: decoding from Φ (131 kFLOP per key and
+  // layer) beats streaming 32 KiB of cached f32 K/V per key, so Auto never caches, whatever the budget;
+  // long prefills project K/V instead (absorbed's cost grows with T).
+  const LlamaConfig llama7b = decoder_shape(4096, 32, 32);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, llama7b, 1024, 1, false, 1000, big), M::Absorbed);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, llama7b, 1024, 16, false, 1000, big), M::Absorbed);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, llama7b, 1024, 1, true, 1000, big), M::Absorbed);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, llama7b, 1024, 1000, false, 1000, 0), M::Recompute);
+  // One KV head: the cache is 1/32 as large and decoding from it is cheapest, so Auto fills it, but only
+  // within the budget.
+  const LlamaConfig mqa = decoder_shape(4096, 32, 1);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, mqa, 1024, 1, false, 1000, big), M::Cached);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, mqa, 1024, 1000, false, 1000, big), M::Cached);
+  EXPECT_EQ(resolve_cross_attn(M::Auto, mqa, 1024, 1, true, 1000, 0), M::Cached);  // already filled
+  EXPECT_EQ(resolve_cross_attn(M::Auto, mqa, 1024, 1, false, 1000, 999), M::Absorbed);
+  // An explicit strategy is kept.
+  for (M m : {M::Recompute, M::Cached, M::Absorbed})
+    EXPECT_EQ(resolve_cross_attn(m, mqa, 1024, 1, false, 1000, 0), m);
+}
+
+TEST(CrossAttention, AutoCachesOnlyWhereItPaysAndWithinBudget) {
+  for (const char* name : {"ref-mqa-wide-enc", "cepe-tiny-a"}) {
+    SCOPED_TRACE(name);
+    const bool pays = std::string(name) == "ref-mqa-wide-enc";  // one KV head of 16 against a 96-wide encoder
+    auto m = CepeModel::load(data_dir(name));
+    Golden g(data_dir(name));
+    EncodedContext ctx = m->encode(g.chunks);
+    DecodeOptions o;  // budget 0: nothing may be cached
+    m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
+    EXPECT_EQ(ctx.cross_kv_bytes(), 0u);
+    o.cross_kv_budget = m->cross_kv_bytes(g.batch, ctx.keys());
+    m->decode(g.ids.data(), g.batch, g.len, g.positions.data(), g.mask.data(), nullptr, &ctx, o);
+    EXPECT_EQ(ctx.cross_kv_bytes(), pays ? o.cross_kv_budget : 0u);
+  }
 }
 
 }  // namespace
@@ -163,9 +199,9 @@ TEST(CrossAttention, AutoPicksCachedWithinBudgetAndAbsorbedForDecodeOtherwise) {
 namespace cepe {
 namespace {
 
-// Thousands of keys: recompute and cached walk 512-key blocks, absorbed 2048-key blocks, so the online
-// softmax is exercised across blocks with different partitions; reversing the chunks moves every block
-// boundary. All must agree, with padding spread through the context.
+// Thousands of keys: recompute and cached walk 512-key blocks, absorbed 64-key blocks split over the
+// threads, so the online softmax is exercised across blocks with different partitions; reversing the chunks
+// moves every block boundary. All must agree, with padding spread through the context.
 TEST(CrossAttention, ManyKeyBlocksAgreeAcrossStrategiesAndChunkOrder) {
   auto m = CepeModel::load(data_dir("cepe-tiny-a"));
   Golden g(data_dir("cepe-tiny-a"));

@@ -19,9 +19,11 @@ struct ModelImpl;
 //  Recompute: project K/V from Φ block by block at every call, online softmax (the reference's math, with
 //             bounded memory: no [T, K] scores and no full K/V are ever materialised);
 //  Cached:    project each layer's K/V once per context and keep them (fast, 2·kv_dim floats per key and layer);
-//  Absorbed:  fold W_k into the queries and apply W_v after the weighted sum: two GEMMs per layer over the
-//             shared states, reading only Φ (decode);
-//  Auto:      Cached when it fits the memory budget, else Absorbed for short query blocks, else Recompute.
+//  Absorbed:  fold W_k into the queries and apply W_v after the weighted sum: all heads attend over the
+//             shared states in one pass (scores, then the weighted sum), reading only Φ (decode);
+//  Auto:      the one a cost model (FLOPs, and memory traffic at the machine's FLOP/byte balance) says is
+//             cheapest for this call; Cached only within the memory budget and only when decoding from the
+//             cache beats Absorbed (e.g. few KV heads), since filling it costs a Recompute.
 enum class CrossAttnMode { Recompute, Cached, Absorbed, Auto };
 const char* cross_attn_mode_name(CrossAttnMode m);
 bool parse_cross_attn_mode(const std::string& name, CrossAttnMode* out);

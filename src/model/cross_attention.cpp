@@ -279,13 +279,25 @@ void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, siz
 CrossAttnMode resolve_cross_attn(CrossAttnMode requested, const LlamaConfig& dec, int64_t enc_hidden, int64_t len,
                                  bool kv_cached, size_t kv_bytes, size_t kv_budget) {
   if (requested != CrossAttnMode::Auto) return requested;
-  if (kv_cached || kv_bytes <= kv_budget) return CrossAttnMode::Cached;
-  // Per key and layer, Absorbed costs ~4·T·H·d_enc FLOPs and Recompute ~4·d_enc·kv_dim (+4·T·H·hd):
-  // Absorbed wins while T·H·(d_enc - hd) < d_enc·kv_dim.
-  const double lhs = static_cast<double>(len) * static_cast<double>(dec.num_attention_heads) *
-                     static_cast<double>(enc_hidden - dec.head_dim());
-  const double rhs = static_cast<double>(enc_hidden) * static_cast<double>(dec.kv_dim());
-  return lhs < rhs ? CrossAttnMode::Absorbed : CrossAttnMode::Recompute;
+  // Estimated cost per key and layer of a call with T query tokens, in FLOPs, with memory traffic counted
+  // at the machine balance of ~7 FLOP per DRAM byte (docs/gemm-backend.md): only which is smallest matters.
+  constexpr double kFlopPerByte = 7.0;
+  const double H = static_cast<double>(dec.num_attention_heads), hd = static_cast<double>(dec.head_dim());
+  const double de = static_cast<double>(enc_hidden), kvd = static_cast<double>(dec.kv_dim());
+  // Absorbed: all heads' folded queries against Φ (read once, f32 at most).
+  auto absorbed = [&](double T) { return std::max(4.0 * T * H * de, kFlopPerByte * 4.0 * de); };
+  // Recompute: K/V projected from Φ, then attention.
+  auto recompute = [&](double T) { return 4.0 * de * kvd + 4.0 * T * H * hd; };
+  // Cached, once filled: attention over f32 K/V streamed from memory.
+  auto cached = [&](double T) { return std::max(4.0 * T * H * hd, kFlopPerByte * 8.0 * kvd); };
+  const double T = static_cast<double>(len);
+  if (kv_cached || kv_bytes <= kv_budget) {
+    // Filling the cache costs one recompute; it pays off only if decoding from it (T = 1) is the cheapest.
+    const bool pays = kv_cached ? cached(T) <= std::min(absorbed(T), recompute(T))
+                                : cached(1.0) < std::min(absorbed(1.0), recompute(1.0));
+    if (pays) return CrossAttnMode::Cached;
+  }
+  return absorbed(T) <= recompute(T) ? CrossAttnMode::Absorbed : CrossAttnMode::Recompute;
 }
 
 }  // namespace cepe
