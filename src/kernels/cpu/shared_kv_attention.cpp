@@ -22,31 +22,36 @@ constexpr int64_t kMinKeysPerThread = 256;
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
 // The instruction set's kernels.
-// scores: sc [M, n] = q [M, D] · s [n, D]ᵀ for one block of stored rows s (dtype dt); half rows are widened
-//   into `wide` [n, D] on the way, and the f32 rows are returned (s itself when dt is F32). The bytes
-//   [pf, pf_end) (the next block's stored rows) are prefetched into L2 along the way.
-// accumulate: u [M, D] += p [M, n] · s [n, D]. exp_shift: x[i] = exp(x[i] - shift), with exp(-inf) = 0.
+// scores: sc [M, n] = q [M, D] · s [n, D]ᵀ for one block of stored rows s (dtype dt, dense); half rows are
+//   widened into `wide` (row stride ldw) on the way, and the f32 rows are returned (s itself, stride D, when
+//   dt is F32). The bytes [pf, pf_end) (the next block's stored rows) are prefetched into L2 along the way.
+// accumulate: u [M, D] += p [M, n] · s [n, D] with s of row stride lds.
+// exp_shift: x[i] = exp(x[i] - shift), with exp(-inf) = 0.
 struct Kernels {
-  const float* (*scores)(const float* q, int64_t M, int64_t D, const void* s, DType dt, float* wide, int64_t n,
-                         float* sc, const char* pf, const char* pf_end);
-  void (*accumulate)(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u);
+  const float* (*scores)(const float* q, int64_t M, int64_t D, const void* s, DType dt, float* wide, int64_t ldw,
+                         int64_t n, float* sc, const char* pf, const char* pf_end);
+  void (*accumulate)(const float* p, int64_t M, int64_t n, const float* s, int64_t lds, int64_t D, float* u);
   void (*exp_shift)(float* x, int64_t n, float shift);
 };
 
 // --- portable C++ --------------------------------------------------------------------------------------------
 
 const float* scores_generic(const float* q, int64_t M, int64_t D, const void* stored, DType dt, float* wide,
-                           int64_t n, float* sc, const char*, const char*) {
+                           int64_t ldw, int64_t n, float* sc, const char*, const char*) {
   const float* s = static_cast<const float*>(stored);
+  int64_t lds = D;
   if (dt != DType::F32) {
-    convert_to_f32(dt, stored, wide, n * D);
+    const size_t es = dtype_size(dt);
+    for (int64_t j = 0; j < n; ++j)
+      convert_to_f32(dt, static_cast<const char*>(stored) + static_cast<size_t>(j * D) * es, wide + j * ldw, D);
     s = wide;
+    lds = ldw;
   }
   constexpr int L = 8;  // independent lanes: the lane loop vectorises without reassociating a sum
   for (int64_t r = 0; r < M; ++r)
     for (int64_t j = 0; j < n; ++j) {
       const float* a = q + r * D;
-      const float* b = s + j * D;
+      const float* b = s + j * lds;
       float acc[L] = {};
       int64_t d = 0;
       for (; d + L <= D; d += L)
@@ -59,20 +64,21 @@ const float* scores_generic(const float* q, int64_t M, int64_t D, const void* st
   return s;
 }
 
-// Columns [0, width) of rows with stride D.
-void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u, int64_t width) {
+// Columns [0, width) of u (row stride D) and s (row stride lds).
+void accumulate_columns(const float* p, int64_t M, int64_t n, const float* s, int64_t lds, int64_t D, float* u,
+                        int64_t width) {
   for (int64_t r = 0; r < M; ++r)
     for (int64_t j = 0; j < n; ++j) {
       const float w = p[r * n + j];
       if (w == 0.0f) continue;
-      const float* b = s + j * D;
+      const float* b = s + j * lds;
       float* ur = u + r * D;
       for (int64_t d = 0; d < width; ++d) ur[d] += w * b[d];
     }
 }
 
-void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
-  accumulate_generic(p, M, n, s, D, u, D);
+void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, int64_t lds, int64_t D, float* u) {
+  accumulate_columns(p, M, n, s, lds, D, u, D);
 }
 
 void exp_shift_generic(float* x, int64_t n, float shift) {
@@ -98,24 +104,25 @@ constexpr float kExpTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
 
 inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1u); }
 
+// Element `so` of s; a half value is also written, widened, to wide[wo].
 template <Src S>
-CEPE_TARGET_AVX512 inline __m512 load_key(const void* s, float* wide, int64_t off, __mmask16 k) {
+CEPE_TARGET_AVX512 inline __m512 load_key(const void* s, int64_t so, float* wide, int64_t wo, __mmask16 k) {
   if constexpr (S == Src::F32) {
-    return _mm512_maskz_loadu_ps(k, static_cast<const float*>(s) + off);
+    return _mm512_maskz_loadu_ps(k, static_cast<const float*>(s) + so);
   } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(s) + off);
+    const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(s) + so);
     const __m512 v = S == Src::BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
                                     : _mm512_cvtph_ps(h);
-    _mm512_mask_storeu_ps(wide + off, k, v);
+    _mm512_mask_storeu_ps(wide + wo, k, v);
     return v;
   }
 }
 
-// sc[r * n + j] = q_r · s_j for R query rows (stride D) and J keys (rows j of s, stride D): J·R
-// accumulators, each key vector loaded once serves R rows.
+// sc[r * n + j] = q_r · s_j for R query rows (stride D) and J keys (rows j of s, stride lds; widened copies
+// to rows of `wide`, stride ldw): J·R accumulators, each key vector loaded once serves R rows.
 template <int R, int J, Src S>
-CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const void* s, float* wide, int64_t j0,
-                                           int64_t n, float* sc) {
+CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const void* s, int64_t lds, float* wide,
+                                           int64_t ldw, int64_t j0, int64_t n, float* sc) {
   __m512 acc[J][R];
 #pragma GCC unroll 4
   for (int j = 0; j < J; ++j)
@@ -125,7 +132,7 @@ CEPE_TARGET_AVX512 inline void scores_tile(const float* q, int64_t D, const void
     const __mmask16 k = tail_mask(D - d);
     __m512 sv[J];
 #pragma GCC unroll 4
-    for (int j = 0; j < J; ++j) sv[j] = load_key<S>(s, wide, (j0 + j) * D + d, k);
+    for (int j = 0; j < J; ++j) sv[j] = load_key<S>(s, (j0 + j) * lds + d, wide, (j0 + j) * ldw + d, k);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 qv = _mm512_maskz_loadu_ps(k, q + r * D + d);
@@ -145,48 +152,55 @@ CEPE_TARGET_AVX512 inline void prefetch_lines(const char*& pf, const char* pf_en
 }
 
 template <int R, Src S>
-CEPE_TARGET_AVX512 void scores_rows(const float* q, int64_t D, const void* s, float* wide, int64_t n, float* sc,
-                                    const char*& pf, const char* pf_end, int64_t pf_lines) {
+CEPE_TARGET_AVX512 void scores_rows(const float* q, int64_t D, const void* s, int64_t lds, float* wide, int64_t ldw,
+                                    int64_t n, float* sc, const char*& pf, const char* pf_end, int64_t pf_lines) {
   int64_t j = 0;
   for (; j + 3 <= n; j += 3) {
     prefetch_lines(pf, pf_end, pf_lines);
-    scores_tile<R, 3, S>(q, D, s, wide, j, n, sc);
+    scores_tile<R, 3, S>(q, D, s, lds, wide, ldw, j, n, sc);
   }
-  for (; j < n; ++j) scores_tile<R, 1, S>(q, D, s, wide, j, n, sc);
+  for (; j < n; ++j) scores_tile<R, 1, S>(q, D, s, lds, wide, ldw, j, n, sc);
 }
 
-// Rows [r, M) in tiles of 8, 4, 2, 1; the first tile reads from s as S, the rest from f32 `rows`.
+// Rows [r, M) in tiles of 8, 4, 2, 1; the first tile reads from s (dense) as S, the rest from f32 `rows`
+// (stride ldr).
 template <Src S>
 CEPE_TARGET_AVX512 void scores_all_rows(const float* q, int64_t M, int64_t D, const void* s, float* wide,
-                                        const float* rows, int64_t n, float* sc, const char*& pf, const char* pf_end,
-                                        int64_t pf_lines) {
+                                        int64_t ldw, const float* rows, int64_t ldr, int64_t n, float* sc,
+                                        const char*& pf, const char* pf_end, int64_t pf_lines) {
   const int64_t first = M >= 8 ? 8 : M >= 4 ? 4 : M >= 2 ? 2 : 1;
   switch (first) {
-    case 8: scores_rows<8, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
-    case 4: scores_rows<4, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
-    case 2: scores_rows<2, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
-    default: scores_rows<1, S>(q, D, s, wide, n, sc, pf, pf_end, pf_lines); break;
+    case 8: scores_rows<8, S>(q, D, s, D, wide, ldw, n, sc, pf, pf_end, pf_lines); break;
+    case 4: scores_rows<4, S>(q, D, s, D, wide, ldw, n, sc, pf, pf_end, pf_lines); break;
+    case 2: scores_rows<2, S>(q, D, s, D, wide, ldw, n, sc, pf, pf_end, pf_lines); break;
+    default: scores_rows<1, S>(q, D, s, D, wide, ldw, n, sc, pf, pf_end, pf_lines); break;
   }
   int64_t r = first;
-  for (; r + 8 <= M; r += 8) scores_rows<8, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, pf_lines);
+  for (; r + 8 <= M; r += 8)
+    scores_rows<8, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n, pf, pf_end, pf_lines);
   prefetch_lines(pf, pf_end, (pf_end - pf + 63) / 64);
-  if (M - r >= 4) scores_rows<4, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, 0), r += 4;
-  if (M - r >= 2) scores_rows<2, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, 0), r += 2;
-  if (M - r >= 1) scores_rows<1, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n, pf, pf_end, 0);
+  if (M - r >= 4) scores_rows<4, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n, pf, pf_end, 0), r += 4;
+  if (M - r >= 2) scores_rows<2, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n, pf, pf_end, 0), r += 2;
+  if (M - r >= 1) scores_rows<1, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n, pf, pf_end, 0);
 }
 
 // The next block's prefetch is spread over the 8-row tiles' key tiles, so the loads of the stored states
 // (the first touch of each block, from L3 or DRAM) overlap with this block's arithmetic.
 CEPE_TARGET_AVX512 const float* scores_avx512(const float* q, int64_t M, int64_t D, const void* s, DType dt,
-                                              float* wide, int64_t n, float* sc, const char* pf, const char* pf_end) {
+                                              float* wide, int64_t ldw, int64_t n, float* sc, const char* pf,
+                                              const char* pf_end) {
   const int64_t tiles = std::max<int64_t>(1, (M + 7) / 8 * (n / 3));
   const int64_t pf_lines = (pf_end - pf + 64 * tiles - 1) / (64 * tiles);
   switch (dt) {
-    case DType::BF16: scores_all_rows<Src::BF16>(q, M, D, s, wide, wide, n, sc, pf, pf_end, pf_lines); return wide;
-    case DType::F16: scores_all_rows<Src::F16>(q, M, D, s, wide, wide, n, sc, pf, pf_end, pf_lines); return wide;
+    case DType::BF16:
+      scores_all_rows<Src::BF16>(q, M, D, s, wide, ldw, wide, ldw, n, sc, pf, pf_end, pf_lines);
+      return wide;
+    case DType::F16:
+      scores_all_rows<Src::F16>(q, M, D, s, wide, ldw, wide, ldw, n, sc, pf, pf_end, pf_lines);
+      return wide;
     default: {
       const float* rows = static_cast<const float*>(s);
-      scores_all_rows<Src::F32>(q, M, D, s, nullptr, rows, n, sc, pf, pf_end, pf_lines);
+      scores_all_rows<Src::F32>(q, M, D, s, nullptr, 0, rows, D, n, sc, pf, pf_end, pf_lines);
       return rows;
     }
   }
@@ -195,8 +209,8 @@ CEPE_TARGET_AVX512 const float* scores_avx512(const float* q, int64_t M, int64_t
 // u[r, 0:16E) += Σ_j p[r * n + j] · s_j[0:16E) for R rows of u (stride D); `last` masks the last vector of
 // the strip. The R·E accumulators stay in registers across all n keys.
 template <int R, int E>
-CEPE_TARGET_AVX512 inline void accumulate_tile(const float* p, int64_t n, const float* s, int64_t D, float* u,
-                                               __mmask16 last) {
+CEPE_TARGET_AVX512 inline void accumulate_tile(const float* p, int64_t n, const float* s, int64_t lds, int64_t D,
+                                               float* u, __mmask16 last) {
   __m512 acc[R][E];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -205,7 +219,7 @@ CEPE_TARGET_AVX512 inline void accumulate_tile(const float* p, int64_t n, const 
   for (int64_t j = 0; j < n; ++j) {
     __m512 sv[E];
 #pragma GCC unroll 4
-    for (int e = 0; e < E; ++e) sv[e] = _mm512_maskz_loadu_ps(e == E - 1 ? last : 0xffff, s + j * D + 16 * e);
+    for (int e = 0; e < E; ++e) sv[e] = _mm512_maskz_loadu_ps(e == E - 1 ? last : 0xffff, s + j * lds + 16 * e);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 w = _mm512_set1_ps(p[r * n + j]);
@@ -221,22 +235,23 @@ CEPE_TARGET_AVX512 inline void accumulate_tile(const float* p, int64_t n, const 
 
 // One strip of 16E columns for all M rows: the strip of s (n · 64E bytes) stays in L1 across the row tiles.
 template <int E>
-CEPE_TARGET_AVX512 void accumulate_strip(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u,
-                                         __mmask16 last) {
+CEPE_TARGET_AVX512 void accumulate_strip(const float* p, int64_t M, int64_t n, const float* s, int64_t lds, int64_t D,
+                                         float* u, __mmask16 last) {
   int64_t r = 0;
-  for (; r + 8 <= M; r += 8) accumulate_tile<8, E>(p + r * n, n, s, D, u + r * D, last);
-  if (M - r >= 4) accumulate_tile<4, E>(p + r * n, n, s, D, u + r * D, last), r += 4;
-  if (M - r >= 2) accumulate_tile<2, E>(p + r * n, n, s, D, u + r * D, last), r += 2;
-  if (M - r >= 1) accumulate_tile<1, E>(p + r * n, n, s, D, u + r * D, last);
+  for (; r + 8 <= M; r += 8) accumulate_tile<8, E>(p + r * n, n, s, lds, D, u + r * D, last);
+  if (M - r >= 4) accumulate_tile<4, E>(p + r * n, n, s, lds, D, u + r * D, last), r += 4;
+  if (M - r >= 2) accumulate_tile<2, E>(p + r * n, n, s, lds, D, u + r * D, last), r += 2;
+  if (M - r >= 1) accumulate_tile<1, E>(p + r * n, n, s, lds, D, u + r * D, last);
 }
 
-CEPE_TARGET_AVX512 void accumulate_avx512(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+CEPE_TARGET_AVX512 void accumulate_avx512(const float* p, int64_t M, int64_t n, const float* s, int64_t lds,
+                                          int64_t D, float* u) {
   int64_t d = 0;
-  for (; d + 48 <= D; d += 48) accumulate_strip<3>(p, M, n, s + d, D, u + d, 0xffff);
+  for (; d + 48 <= D; d += 48) accumulate_strip<3>(p, M, n, s + d, lds, D, u + d, 0xffff);
   const int64_t rest = D - d;
-  if (rest > 32) accumulate_strip<3>(p, M, n, s + d, D, u + d, tail_mask(rest - 32));
-  else if (rest > 16) accumulate_strip<2>(p, M, n, s + d, D, u + d, tail_mask(rest - 16));
-  else if (rest > 0) accumulate_strip<1>(p, M, n, s + d, D, u + d, tail_mask(rest));
+  if (rest > 32) accumulate_strip<3>(p, M, n, s + d, lds, D, u + d, tail_mask(rest - 32));
+  else if (rest > 16) accumulate_strip<2>(p, M, n, s + d, lds, D, u + d, tail_mask(rest - 16));
+  else if (rest > 0) accumulate_strip<1>(p, M, n, s + d, lds, D, u + d, tail_mask(rest));
 }
 
 // exp(x) for x <= 0 to within ~2 ulp: x = k·ln2 + t with |t| <= ln2/2, a degree-7 Taylor polynomial in t
@@ -267,40 +282,40 @@ constexpr Kernels kAvx512{scores_avx512, accumulate_avx512, exp_shift_avx512};
 // --- AVX2 + FMA + F16C: 8 lanes, the D % 8 tail in scalar code ----------------------------------------------
 
 template <Src S>
-CEPE_TARGET_AVX2 inline __m256 load_key8(const void* s, float* wide, int64_t off) {
+CEPE_TARGET_AVX2 inline __m256 load_key8(const void* s, int64_t so, float* wide, int64_t wo) {
   if constexpr (S == Src::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(s) + off);
+    return _mm256_loadu_ps(static_cast<const float*>(s) + so);
   } else {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(s) + off));
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(s) + so));
     const __m256 v = S == Src::BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
                                     : _mm256_cvtph_ps(h);
-    _mm256_storeu_ps(wide + off, v);
+    _mm256_storeu_ps(wide + wo, v);
     return v;
   }
 }
 
 template <Src S>
-inline float load_key1(const void* s, float* wide, int64_t off) {
+inline float load_key1(const void* s, int64_t so, float* wide, int64_t wo) {
   if constexpr (S == Src::F32) {
-    return static_cast<const float*>(s)[off];
+    return static_cast<const float*>(s)[so];
   } else {
-    const uint16_t h = static_cast<const uint16_t*>(s)[off];
+    const uint16_t h = static_cast<const uint16_t*>(s)[so];
     const float v = S == Src::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-    wide[off] = v;
+    wide[wo] = v;
     return v;
   }
 }
 
 template <int R, int J, Src S>
-CEPE_TARGET_AVX2 inline void scores_tile_avx2(const float* q, int64_t D, const void* s, float* wide, int64_t j0,
-                                              int64_t n, float* sc) {
+CEPE_TARGET_AVX2 inline void scores_tile_avx2(const float* q, int64_t D, const void* s, int64_t lds, float* wide,
+                                              int64_t ldw, int64_t j0, int64_t n, float* sc) {
   __m256 acc[J][R];
   for (int j = 0; j < J; ++j)
     for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
   const int64_t dv = D / 8 * 8;
   for (int64_t d = 0; d < dv; d += 8) {
     __m256 sv[J];
-    for (int j = 0; j < J; ++j) sv[j] = load_key8<S>(s, wide, (j0 + j) * D + d);
+    for (int j = 0; j < J; ++j) sv[j] = load_key8<S>(s, (j0 + j) * lds + d, wide, (j0 + j) * ldw + d);
     for (int r = 0; r < R; ++r) {
       const __m256 qv = _mm256_loadu_ps(q + r * D + d);
       for (int j = 0; j < J; ++j) acc[j][r] = _mm256_fmadd_ps(sv[j], qv, acc[j][r]);
@@ -308,7 +323,7 @@ CEPE_TARGET_AVX2 inline void scores_tile_avx2(const float* q, int64_t D, const v
   }
   for (int j = 0; j < J; ++j) {
     float tail[8];
-    for (int64_t d = dv; d < D; ++d) tail[d - dv] = load_key1<S>(s, wide, (j0 + j) * D + d);
+    for (int64_t d = dv; d < D; ++d) tail[d - dv] = load_key1<S>(s, (j0 + j) * lds + d, wide, (j0 + j) * ldw + d);
     for (int r = 0; r < R; ++r) {
       float t = hsum_avx2(acc[j][r]);
       for (int64_t d = dv; d < D; ++d) t += q[r * D + d] * tail[d - dv];
@@ -318,36 +333,37 @@ CEPE_TARGET_AVX2 inline void scores_tile_avx2(const float* q, int64_t D, const v
 }
 
 template <int R, Src S>
-CEPE_TARGET_AVX2 void scores_rows_avx2(const float* q, int64_t D, const void* s, float* wide, int64_t n, float* sc) {
+CEPE_TARGET_AVX2 void scores_rows_avx2(const float* q, int64_t D, const void* s, int64_t lds, float* wide, int64_t ldw,
+                                      int64_t n, float* sc) {
   int64_t j = 0;
-  for (; j + 2 <= n; j += 2) scores_tile_avx2<R, 2, S>(q, D, s, wide, j, n, sc);
-  for (; j < n; ++j) scores_tile_avx2<R, 1, S>(q, D, s, wide, j, n, sc);
+  for (; j + 2 <= n; j += 2) scores_tile_avx2<R, 2, S>(q, D, s, lds, wide, ldw, j, n, sc);
+  for (; j < n; ++j) scores_tile_avx2<R, 1, S>(q, D, s, lds, wide, ldw, j, n, sc);
 }
 
 // The first row tile reads the stored rows as S (and widens them into `wide`), the rest read f32 `rows`.
 template <Src S>
 CEPE_TARGET_AVX2 void scores_all_rows_avx2(const float* q, int64_t M, int64_t D, const void* s, float* wide,
-                                           const float* rows, int64_t n, float* sc) {
+                                           int64_t ldw, const float* rows, int64_t ldr, int64_t n, float* sc) {
   const int64_t first = M >= 4 ? 4 : M >= 2 ? 2 : 1;
   switch (first) {
-    case 4: scores_rows_avx2<4, S>(q, D, s, wide, n, sc); break;
-    case 2: scores_rows_avx2<2, S>(q, D, s, wide, n, sc); break;
-    default: scores_rows_avx2<1, S>(q, D, s, wide, n, sc); break;
+    case 4: scores_rows_avx2<4, S>(q, D, s, D, wide, ldw, n, sc); break;
+    case 2: scores_rows_avx2<2, S>(q, D, s, D, wide, ldw, n, sc); break;
+    default: scores_rows_avx2<1, S>(q, D, s, D, wide, ldw, n, sc); break;
   }
   int64_t r = first;
-  for (; r + 4 <= M; r += 4) scores_rows_avx2<4, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n);
-  if (M - r >= 2) scores_rows_avx2<2, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n), r += 2;
-  if (M - r >= 1) scores_rows_avx2<1, Src::F32>(q + r * D, D, rows, nullptr, n, sc + r * n);
+  for (; r + 4 <= M; r += 4) scores_rows_avx2<4, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n);
+  if (M - r >= 2) scores_rows_avx2<2, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n), r += 2;
+  if (M - r >= 1) scores_rows_avx2<1, Src::F32>(q + r * D, D, rows, ldr, nullptr, 0, n, sc + r * n);
 }
 
 CEPE_TARGET_AVX2 const float* scores_avx2(const float* q, int64_t M, int64_t D, const void* s, DType dt, float* wide,
-                                          int64_t n, float* sc, const char*, const char*) {
+                                          int64_t ldw, int64_t n, float* sc, const char*, const char*) {
   switch (dt) {
-    case DType::BF16: scores_all_rows_avx2<Src::BF16>(q, M, D, s, wide, wide, n, sc); return wide;
-    case DType::F16: scores_all_rows_avx2<Src::F16>(q, M, D, s, wide, wide, n, sc); return wide;
+    case DType::BF16: scores_all_rows_avx2<Src::BF16>(q, M, D, s, wide, ldw, wide, ldw, n, sc); return wide;
+    case DType::F16: scores_all_rows_avx2<Src::F16>(q, M, D, s, wide, ldw, wide, ldw, n, sc); return wide;
     default: {
       const float* rows = static_cast<const float*>(s);
-      scores_all_rows_avx2<Src::F32>(q, M, D, s, nullptr, rows, n, sc);
+      scores_all_rows_avx2<Src::F32>(q, M, D, s, nullptr, 0, rows, D, n, sc);
       return rows;
     }
   }
@@ -355,13 +371,14 @@ CEPE_TARGET_AVX2 const float* scores_avx2(const float* q, int64_t M, int64_t D, 
 
 // u[r, 0:8E) += Σ_j p[r * n + j] · s_j[0:8E) for R rows of u (stride D).
 template <int R, int E>
-CEPE_TARGET_AVX2 inline void accumulate_tile_avx2(const float* p, int64_t n, const float* s, int64_t D, float* u) {
+CEPE_TARGET_AVX2 inline void accumulate_tile_avx2(const float* p, int64_t n, const float* s, int64_t lds, int64_t D,
+                                                  float* u) {
   __m256 acc[R][E];
   for (int r = 0; r < R; ++r)
     for (int e = 0; e < E; ++e) acc[r][e] = _mm256_loadu_ps(u + r * D + 8 * e);
   for (int64_t j = 0; j < n; ++j) {
     __m256 sv[E];
-    for (int e = 0; e < E; ++e) sv[e] = _mm256_loadu_ps(s + j * D + 8 * e);
+    for (int e = 0; e < E; ++e) sv[e] = _mm256_loadu_ps(s + j * lds + 8 * e);
     for (int r = 0; r < R; ++r) {
       const __m256 w = _mm256_set1_ps(p[r * n + j]);
       for (int e = 0; e < E; ++e) acc[r][e] = _mm256_fmadd_ps(w, sv[e], acc[r][e]);
@@ -372,18 +389,20 @@ CEPE_TARGET_AVX2 inline void accumulate_tile_avx2(const float* p, int64_t n, con
 }
 
 template <int E>
-CEPE_TARGET_AVX2 void accumulate_strip_avx2(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+CEPE_TARGET_AVX2 void accumulate_strip_avx2(const float* p, int64_t M, int64_t n, const float* s, int64_t lds,
+                                           int64_t D, float* u) {
   int64_t r = 0;
-  for (; r + 4 <= M; r += 4) accumulate_tile_avx2<4, E>(p + r * n, n, s, D, u + r * D);
-  if (M - r >= 2) accumulate_tile_avx2<2, E>(p + r * n, n, s, D, u + r * D), r += 2;
-  if (M - r >= 1) accumulate_tile_avx2<1, E>(p + r * n, n, s, D, u + r * D);
+  for (; r + 4 <= M; r += 4) accumulate_tile_avx2<4, E>(p + r * n, n, s, lds, D, u + r * D);
+  if (M - r >= 2) accumulate_tile_avx2<2, E>(p + r * n, n, s, lds, D, u + r * D), r += 2;
+  if (M - r >= 1) accumulate_tile_avx2<1, E>(p + r * n, n, s, lds, D, u + r * D);
 }
 
-CEPE_TARGET_AVX2 void accumulate_avx2(const float* p, int64_t M, int64_t n, const float* s, int64_t D, float* u) {
+CEPE_TARGET_AVX2 void accumulate_avx2(const float* p, int64_t M, int64_t n, const float* s, int64_t lds, int64_t D,
+                                      float* u) {
   int64_t d = 0;
-  for (; d + 16 <= D; d += 16) accumulate_strip_avx2<2>(p, M, n, s + d, D, u + d);
-  if (d + 8 <= D) accumulate_strip_avx2<1>(p, M, n, s + d, D, u + d), d += 8;
-  if (d < D) accumulate_generic(p, M, n, s + d, D, u + d, D - d);
+  for (; d + 16 <= D; d += 16) accumulate_strip_avx2<2>(p, M, n, s + d, lds, D, u + d);
+  if (d + 8 <= D) accumulate_strip_avx2<1>(p, M, n, s + d, lds, D, u + d), d += 8;
+  if (d < D) accumulate_columns(p, M, n, s + d, lds, D, u + d, D - d);
 }
 
 // exp(x) for x <= 0 as exp_nonpositive above, with 2^k applied through the exponent bits (valid while the
@@ -463,7 +482,11 @@ void attend_range(const Kernels& k, const float* q, int64_t M, int64_t D, const 
   // this size would come from mmap and page-fault in every time.
   thread_local std::vector<float> sc, wide;
   sc.resize(static_cast<size_t>(M * kBlock));
-  if (dt != DType::F32) wide.resize(static_cast<size_t>(kBlock * D));
+  // The widened block's row stride: rows 4 KiB apart (D = 1024) would all map to the same few L1 sets, and the
+  // weighted sum walks a column strip down all of them.
+  int64_t ldw = (D + 15) / 16 * 16;
+  if (ldw % 256 == 0) ldw += 16;
+  if (dt != DType::F32) wide.resize(static_cast<size_t>(kBlock * ldw));
   const size_t es = dtype_size(dt);
   for (int64_t b0 = k0; b0 < k1; b0 += kBlock) {
     const int64_t n = std::min(kBlock, k1 - b0);
@@ -472,9 +495,9 @@ void attend_range(const Kernels& k, const float* q, int64_t M, int64_t D, const 
     const void* stored = static_cast<const char*>(s) + static_cast<size_t>(b0 * D) * es;
     const char* next = static_cast<const char*>(s) + static_cast<size_t>((b0 + n) * D) * es;
     const char* next_end = static_cast<const char*>(s) + static_cast<size_t>(std::min(k1, b0 + n + kBlock) * D) * es;
-    const float* rows = k.scores(q, M, D, stored, dt, wide.data(), n, sc.data(), next, next_end);
+    const float* rows = k.scores(q, M, D, stored, dt, wide.data(), ldw, n, sc.data(), next, next_end);
     online_softmax(k, sc.data(), M, n, mb, st, D);
-    k.accumulate(sc.data(), M, n, rows, D, st.u.data());
+    k.accumulate(sc.data(), M, n, rows, dt == DType::F32 ? D : ldw, D, st.u.data());
   }
 }
 
