@@ -103,18 +103,25 @@ void set_counters(benchmark::State& state, double flops_per_iter, double bytes_p
 
 // --- linear -------------------------------------------------------------------------------------------
 
-void bm_linear(benchmark::State& state, DType dt, int64_t N, int64_t M) {
+// Times `call(x, W, y)` for x [M, K], W [N, K] in `dt` (rotated over copies, see weights()), y [M, N].
+template <typename Call>
+void run_weight_bench(benchmark::State& state, DType dt, int64_t N, int64_t M, Call call) {
   const int64_t K = kHidden;
   const auto& ws = weights(dt, N, K);
   const F32Buffer x = random_f32(M * K, 1);
   F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
   size_t i = 0;
   for (auto _ : state) {
-    kernels::linear(x.data(), M, K, ws[i++ % ws.size()], y.data());
+    call(x.data(), ws[i++ % ws.size()], y.data());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * static_cast<double>(dtype_size(dt)));
+}
+
+void bm_linear(benchmark::State& state, DType dt, int64_t N, int64_t M) {
+  run_weight_bench(state, dt, N, M,
+                   [&](const float* x, const Tensor& w, float* y) { kernels::linear(x, M, kHidden, w, y); });
 }
 
 // The small-M kernel pinned to one instruction set (kernels::linear picks the best one).
@@ -123,32 +130,16 @@ void bm_gemv_rows(benchmark::State& state, DType dt, int64_t N, int64_t M, kerne
     state.SkipWithError("instruction set not supported by this CPU");
     return;
   }
-  const int64_t K = kHidden;
-  const auto& ws = weights(dt, N, K);
-  const F32Buffer x = random_f32(M * K, 1);
-  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
-  size_t i = 0;
-  for (auto _ : state) {
-    kernels::detail::gemv_rows(x.data(), M, K, ws[i++ % ws.size()].raw(), dt, N, y.data(), false, isa);
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * static_cast<double>(dtype_size(dt)));
+  run_weight_bench(state, dt, N, M, [&](const float* x, const Tensor& w, float* y) {
+    kernels::detail::gemv_rows(x, M, kHidden, w.raw(), dt, N, y, false, isa);
+  });
 }
 
 // The pre-gemv_half path for half weights at small M: widen 64-row tiles, then sgemm on each.
 void bm_widen_sgemm(benchmark::State& state, DType dt, int64_t N, int64_t M) {
-  const int64_t K = kHidden;
-  const auto& ws = weights(dt, N, K);
-  const F32Buffer x = random_f32(M * K, 1);
-  F32Buffer y{aligned_buffer(static_cast<size_t>(M * N) * sizeof(float)), M * N};
-  size_t i = 0;
-  for (auto _ : state) {
-    kernels::detail::linear_widen_sgemm(x.data(), M, K, ws[i++ % ws.size()].raw(), dt, N, y.data(), false);
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, 2.0 * M * N * K, static_cast<double>(N * K) * static_cast<double>(dtype_size(dt)));
+  run_weight_bench(state, dt, N, M, [&](const float* x, const Tensor& w, float* y) {
+    kernels::detail::linear_widen_sgemm(x, M, kHidden, w.raw(), dt, N, y, false);
+  });
 }
 
 // --- side-by-side baselines for M = 1 ---------------------------------------------------------------------

@@ -15,7 +15,8 @@
 namespace cepe::kernels {
 namespace {
 
-// Keys per block: the widened block (64·D floats, 256 KiB at D = 1024) and the accumulator [M, D] share L2.
+// Keys per block: the widened block (64 rows of ~D floats, ~256 KiB at D = 1024) and the accumulator [M, D]
+// share L2.
 constexpr int64_t kBlock = 64;
 // A thread gets at least this many keys: below it the parallel region and the merge cost more than they save.
 constexpr int64_t kMinKeysPerThread = 256;
