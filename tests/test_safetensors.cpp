@@ -475,13 +475,13 @@ TEST_F(SafeTensorsBadInput, HeaderLengthTooSmallCutsTheJson) {
   std::string bytes = read_bytes(kFixture);
   bytes.replace(0, 8, le64(read_le64(bytes) - 100));
   write_bytes(file("h"), bytes);
-  expect_open_error(file("h"), {"not valid JSON", "parse error"});
+  expect_open_error(file("h"), {"header: malformed JSON", "parse error"});
 }
 
 TEST_F(SafeTensorsBadInput, BrokenJson) {
   for (const std::string text : {R"({"a": )", R"({"a": {"dtype": "F32",}})", "not json", "{\"bad\xff\": 1}"}) {
     SCOPED_TRACE(text);
-    expect_open_error(with_header_text(text), {"not valid JSON", "parse error"});
+    expect_open_error(with_header_text(text), {"header: malformed JSON", "parse error"});
   }
 }
 

@@ -7,10 +7,10 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <utility>
 
 #include "core/atomic_file.h"
+#include "core/json_file.h"
 #include "core/safetensors_writer.h"
 #include "core/mapped_file.h"
 
@@ -46,31 +46,10 @@ std::string range_str(size_t begin, size_t end) {
   return s;
 }
 
-// Parses the header, rejecting duplicate keys (which nlohmann would otherwise resolve silently,
-// making the file mean different things to different readers).
+// The shared reader rejects duplicate keys (a file that means different things to different readers) and
+// deep nesting.
 json parse_header(const std::string& path, const char* begin, const char* end) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  std::string duplicate;
-  auto cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start: keys.emplace_back(); break;
-      case json::parse_event_t::object_end: if (!keys.empty()) keys.pop_back(); break;
-      case json::parse_event_t::key:
-        if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-          duplicate = parsed.get<std::string>();
-        }
-        break;
-      default: break;
-    }
-    return true;
-  };
-  json header;
-  try {
-    header = json::parse(begin, end, cb);
-  } catch (const json::exception& e) {
-    throw Error(path + ": header is not valid JSON: " + e.what());
-  }
-  if (!duplicate.empty()) throw Error(path + ": header JSON has a duplicate key '" + duplicate + "'");
+  json header = parse_json(std::string_view(begin, static_cast<size_t>(end - begin)), path + ": header");
   if (!header.is_object()) {
     throw Error(path + ": header is not a JSON object (it is " + std::string(header.type_name()) + ")");
   }
@@ -115,7 +94,7 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   for (size_t i = 0; i < sh.size(); ++i) {
     uint64_t d = 0;
     if (!as_u64(sh[i], &d) || d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      throw Error(where + "shape dimension " + std::to_string(i) + " is " + sh[i].dump() +
+      throw Error(where + "shape dimension " + std::to_string(i) + " is " + json_excerpt(sh[i]) +
                   ", not a non-negative integer");
     }
     ti.shape.push_back(static_cast<int64_t>(d));
@@ -129,16 +108,16 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   const json& off = e["data_offsets"];
   uint64_t begin = 0, end = 0;
   if (!off.is_array() || off.size() != 2 || !as_u64(off[0], &begin) || !as_u64(off[1], &end)) {
-    throw Error(where + "'data_offsets' must be 2 non-negative integers, got " + off.dump());
+    throw Error(where + "'data_offsets' must be 2 non-negative integers, got " + json_excerpt(off));
   }
-  if (begin > end) throw Error(where + "data_offsets " + off.dump() + " have begin > end");
+  if (begin > end) throw Error(where + "data_offsets " + json_excerpt(off) + " have begin > end");
   if (end - begin != nbytes) {
     throw Error(where + "byte length mismatch: " + dtype_name(ti.dtype) + " " + shape_str(ti.shape) +
                 " expected " + std::to_string(nbytes) + " bytes, found " + std::to_string(end - begin) +
-                " (data_offsets " + off.dump() + ")");
+                " (data_offsets " + json_excerpt(off) + ")");
   }
   if (end > data_size) {
-    throw Error(where + "data_offsets " + off.dump() + " end beyond the " + std::to_string(data_size) +
+    throw Error(where + "data_offsets " + json_excerpt(off) + " end beyond the " + std::to_string(data_size) +
                 "-byte data section: file truncated?");
   }
   ti.begin = static_cast<size_t>(begin);

@@ -1,7 +1,8 @@
 #include "cepe/config.h"
 
-#include <fstream>
-#include <sstream>
+#include <cmath>
+#include <limits>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -16,38 +17,53 @@ using json = nlohmann::json;
 
 [[noreturn]] void fail(const std::string& origin, const std::string& msg) { throw Error(origin + ": " + msg); }
 
+// Integers are bounded so that no size read from a config can overflow the arithmetic built on it (a product of
+// two such values fits in int64), and a float such as 1e300 is refused before it is converted (UB otherwise).
+constexpr int64_t kMaxConfigInt = std::numeric_limits<int32_t>::max();
+
 int64_t get_int(const json& j, const char* key, int64_t def, const std::string& origin, bool required = false) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) {
     if (required) fail(origin, std::string("missing required key '") + key + "'");
     return def;
   }
-  if (it->is_number_integer()) return it->get<int64_t>();
-  if (it->is_number_float()) {
-    double v = it->get<double>();
-    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
+  std::optional<int64_t> v;
+  if (it->is_number_unsigned()) {
+    if (it->get<uint64_t>() <= static_cast<uint64_t>(kMaxConfigInt)) v = it->get<int64_t>();
+  } else if (it->is_number_integer()) {
+    v = it->get<int64_t>();
+  } else if (it->is_number_float()) {
+    const double d = it->get<double>();
+    // Integral floats ("4096.0") are what some exporters write.
+    if (std::abs(d) <= static_cast<double>(kMaxConfigInt) && d == std::trunc(d)) v = static_cast<int64_t>(d);
   }
-  fail(origin, std::string("key '") + key + "' must be an integer, got " + it->dump());
+  if (!v && it->is_number()) fail(origin, std::string("key '") + key + "' must be an integer of at most " +
+                                              std::to_string(kMaxConfigInt) + " in magnitude, got " + json_excerpt(*it));
+  if (!v) fail(origin, std::string("key '") + key + "' must be an integer, got " + json_excerpt(*it));
+  if (*v < -kMaxConfigInt || *v > kMaxConfigInt)
+    fail(origin, std::string("key '") + key + "' must be at most " + std::to_string(kMaxConfigInt) +
+                     " in magnitude, got " + std::to_string(*v));
+  return *v;
 }
 
 double get_num(const json& j, const char* key, double def, const std::string& origin) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
-  if (!it->is_number()) fail(origin, std::string("key '") + key + "' must be a number, got " + it->dump());
+  if (!it->is_number()) fail(origin, std::string("key '") + key + "' must be a number, got " + json_excerpt(*it));
   return it->get<double>();
 }
 
 bool get_bool(const json& j, const char* key, bool def, const std::string& origin) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
-  if (!it->is_boolean()) fail(origin, std::string("key '") + key + "' must be true or false, got " + it->dump());
+  if (!it->is_boolean()) fail(origin, std::string("key '") + key + "' must be true or false, got " + json_excerpt(*it));
   return it->get<bool>();
 }
 
 std::string get_str(const json& j, const char* key, const std::string& def, const std::string& origin) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
-  if (!it->is_string()) fail(origin, std::string("key '") + key + "' must be a string, got " + it->dump());
+  if (!it->is_string()) fail(origin, std::string("key '") + key + "' must be a string, got " + json_excerpt(*it));
   return it->get<std::string>();
 }
 
@@ -83,6 +99,16 @@ LlamaConfig parse_llama_config(const json& j, const std::string& origin) {
                         {"max_position_embeddings", c.max_position_embeddings},
                         {"pretraining_tp", c.pretraining_tp}})
     require_positive(v, key, origin);
+  // Token ids index the embedding. pad_token_id -1 is how older LLaMA conversions say "none".
+  auto check_token = [&](int64_t id, const char* key) {
+    if (id < 0 || id >= c.vocab_size)
+      fail(origin, std::string("key '") + key + "' is " + std::to_string(id) + ", not a token id in [0, " +
+                       std::to_string(c.vocab_size) + ")");
+  };
+  check_token(c.bos_token_id, "bos_token_id");
+  check_token(c.eos_token_id, "eos_token_id");
+  if (c.pad_token_id && *c.pad_token_id == -1) c.pad_token_id.reset();
+  if (c.pad_token_id) check_token(*c.pad_token_id, "pad_token_id");
   if (c.hidden_size % c.num_attention_heads != 0)
     fail(origin, "hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
                      std::to_string(c.num_attention_heads));
@@ -100,7 +126,7 @@ LlamaConfig parse_llama_config(const json& j, const std::string& origin) {
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
     const json& rs = j["rope_scaling"];
     // Same rule as the reference's LlamaConfig: {"type": linear|dynamic, "factor": float > 1}.
-    if (!rs.is_object()) fail(origin, "rope_scaling must be null or an object, got " + rs.dump());
+    if (!rs.is_object()) fail(origin, "rope_scaling must be null or an object, got " + json_excerpt(rs));
     const std::string type = get_str(rs, "type", "", origin);
     if (type == "linear") c.rope_scaling.type = RopeScalingType::Linear;
     else if (type == "dynamic") c.rope_scaling.type = RopeScalingType::Dynamic;
@@ -109,7 +135,7 @@ LlamaConfig parse_llama_config(const json& j, const std::string& origin) {
       fail(origin, "rope_scaling.factor must be a number");
     c.rope_scaling.factor = rs["factor"].get<double>();
     if (!(c.rope_scaling.factor > 1.0))
-      fail(origin, "rope_scaling.factor must be > 1, got " + rs["factor"].dump());
+      fail(origin, "rope_scaling.factor must be > 1, got " + json_excerpt(rs["factor"]));
   }
   return c;
 }

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "cepe/error.h"
+#include "core/cpu_features.h"
 #include "core/half.h"
 #include "kernels/cpu/x86_simd.h"
 
@@ -300,11 +301,15 @@ bool gemv_isa_supported(GemvIsa isa) {
   switch (isa) {
     case GemvIsa::Generic: return true;
 #if CEPE_X86_SIMD
-    case GemvIsa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    case GemvIsa::Avx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl");
+    case GemvIsa::Avx2: {
+      const CpuFeatures& f = cpu_features();
+      return f.avx2 && f.fma && f.f16c;
+    }
+    case GemvIsa::Avx512: {
+      // The AVX-512 kernels are also compiled with avx2,fma,f16c (CEPE_TARGET_AVX512).
+      const CpuFeatures& f = cpu_features();
+      return f.avx512f && f.avx512bw && f.avx512vl && f.avx2 && f.fma && f.f16c;
+    }
 #else
     default: return false;
 #endif

@@ -5,11 +5,16 @@
 #if defined(__x86_64__) || defined(__i386__)
 // g++ 12 reports false -W[maybe-]uninitialized warnings inside many AVX-512 intrinsics (on their
 // _mm512_undefined_*() pass-through operand) once they are inlined; the warnings point into the header.
+// clang has no -Wmaybe-uninitialized (and would warn about the unknown group), nor these false reports.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #define CEPE_X86_SIMD 1
 #define CEPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define CEPE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
