@@ -531,7 +531,7 @@ TEST_F(CliErrors, NonNumericValues) {
   EXPECT_TRUE(CleanError(run_cepe(with({"-n", "abc"})), {"--max-new-tokens", "abc", "not an integer"}));
   EXPECT_TRUE(CleanError(run_cepe(with({"-n", "3.5"})), {"--max-new-tokens", "not an integer"}));
   EXPECT_TRUE(CleanError(run_cepe(with({"-n", ""})), {"--max-new-tokens", "not an integer"}));
-  EXPECT_TRUE(CleanError(run_cepe(with({"-n", "99999999999999999999999"})), {"--max-new-tokens", "not an integer"}));
+  EXPECT_TRUE(CleanError(run_cepe(with({"-n", "99999999999999999999999"})), {"--max-new-tokens", "out of range"}));
   EXPECT_TRUE(CleanError(run_cepe(with({"--temp", "hot"})), {"--temp", "not a number"}));
   EXPECT_TRUE(CleanError(run_cepe(with({"--top-k", "1e3"})), {"--top-k", "not an integer"}));
   EXPECT_TRUE(CleanError(run_cepe(with({"--seed", "x"})), {"--seed", "not an integer"}));
@@ -562,9 +562,10 @@ TEST_F(CliErrors, OutOfRangeValues) {
   // Absurd sizes fail fast instead of filling memory.
   EXPECT_TRUE(CleanError(run_cepe(with({"--chunk-len", "99999999999999", "-c", ctx})), {"--chunk-len"}));
   EXPECT_TRUE(CleanError(run_cepe({"generate", "-m", fixture(), "--request", golden_request(), "-o", path("o.json"), "-n",
-                                   "99999999999", "--greedy"}),
+                                   "16777216", "--greedy"}),
                          {"max new tokens", "exceed the limit"}));
-  EXPECT_TRUE(CleanError(run_cepe(with({"-n", "99999999999", "--greedy"})), {"max new tokens", "exceed the limit"}));
+  EXPECT_TRUE(CleanError(run_cepe(with({"-n", "16777216", "--greedy"})), {"max new tokens", "exceed the limit"}));
+  EXPECT_TRUE(CleanError(run_cepe(with({"-n", "99999999999", "--greedy"})), {"--max-new-tokens", "out of range"}));
 }
 
 TEST_F(CliErrors, RequestAndPromptTogether) {

@@ -2,9 +2,12 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
+#include <sstream>
 
 #include "cepe/error.h"
+#include "core/memory.h"
 
 namespace cepe::cli {
 
@@ -60,23 +63,44 @@ std::vector<std::string> Args::all(const std::string& name) const {
   return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
-long long Args::integer(const std::string& name, long long def) const {
+long long Args::integer(const std::string& name, long long def, long long lo, long long hi) const {
   if (!has(name)) return def;
   const std::string s = str(name);
   char* end = nullptr;
   errno = 0;
-  long long v = std::strtoll(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || errno == ERANGE) throw Error("option " + name + ": '" + s + "' is not an integer");
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  std::string range = "[";  // built step by step: `"[" + std::to_string(..)` trips a GCC 12 -Wrestrict false positive
+  range += std::to_string(lo);
+  range += ", ";
+  range += std::to_string(hi);
+  range += "]";
+  if (s.empty() || *end != '\0' || std::isspace(static_cast<unsigned char>(s[0])))
+    throw Error("option " + name + ": '" + s + "' is not an integer (expected one in " + range + ")");
+  if (errno == ERANGE || v < lo || v > hi)
+    throw Error("option " + name + ": " + s + " is out of range (expected an integer in " + range + ")");
   return v;
 }
 
-double Args::number(const std::string& name, double def) const {
+double Args::number(const std::string& name, double def, double lo, double hi) const {
   if (!has(name)) return def;
   const std::string s = str(name);
   char* end = nullptr;
-  double v = std::strtod(s.c_str(), &end);
-  if (s.empty() || *end != '\0') throw Error("option " + name + ": '" + s + "' is not a number");
+  const double v = std::strtod(s.c_str(), &end);
+  std::ostringstream range;
+  range << "[" << lo << ", " << hi << "]";
+  if (s.empty() || *end != '\0' || std::isspace(static_cast<unsigned char>(s[0])) || !std::isfinite(v))
+    throw Error("option " + name + ": '" + s + "' is not a number (expected a finite number in " + range.str() + ")");
+  if (v < lo || v > hi) throw Error("option " + name + ": " + s + " is out of range (expected a number in " + range.str() + ")");
   return v;
+}
+
+size_t Args::bytes(const std::string& name, size_t def) const {
+  if (!has(name)) return def;
+  try {
+    return parse_bytes(str(name));
+  } catch (const Error& e) {
+    throw Error("option " + name + ": " + e.what());
+  }
 }
 
 }  // namespace cepe::cli

@@ -17,8 +17,14 @@ class Args {
   std::string str(const std::string& name, const std::string& def = "") const;
   std::string required(const std::string& name) const;
   std::vector<std::string> all(const std::string& name) const;
-  long long integer(const std::string& name, long long def) const;
-  double number(const std::string& name, double def) const;
+  // Numeric options are validated here, once for every command: malformed, out of [lo, hi] or (for numbers)
+  // non-finite values are errors naming the option and the accepted range.
+  long long integer(const std::string& name, long long def, long long lo, long long hi) const;
+  double number(const std::string& name, double def, double lo, double hi) const;
+  // A memory size such as 16G or 512MiB (see parse_bytes), at most 2^60 bytes.
+  size_t bytes(const std::string& name, size_t def) const;
+  // -t/--threads: 0 (the default) lets the machine decide.
+  int threads() const { return static_cast<int>(integer("--threads", 0, 0, 4096)); }
   const std::vector<std::string>& positional() const { return positional_; }
 
  private:

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -203,7 +204,7 @@ int cmd_bench(int argc, char** argv) {
     return 0;
   }
   if (!args.positional().empty()) throw Error("unexpected argument '" + args.positional()[0] + "'");
-  kernels::set_num_threads(static_cast<int>(args.integer("--threads", 0)));
+  kernels::set_num_threads(args.threads());
   const std::vector<int64_t> lengths = parse_list(args.required("--context-tokens"), "--context-tokens");
   std::vector<CrossAttnMode> modes;
   {
@@ -223,17 +224,15 @@ int cmd_bench(int argc, char** argv) {
   check(cfg.encode_mode == EncodeMode::ContextOnly, "bench needs encode_mode context_only");
 
   Bench b(*model);
-  b.prompt = args.integer("--prompt-tokens", 64);
-  b.gen = args.integer("--gen-tokens", 8);
-  b.chunk_len = args.integer("--chunk-len", 256);
-  if (b.prompt <= 0 || b.gen <= 0 || b.chunk_len <= 0) throw Error("--prompt-tokens, --gen-tokens and --chunk-len must be positive");
-  b.rng.seed(static_cast<uint64_t>(args.integer("--seed", 0)));
+  b.prompt = args.integer("--prompt-tokens", 64, 1, 1 << 24);
+  b.gen = args.integer("--gen-tokens", 8, 1, 1 << 24);
+  b.chunk_len = args.integer("--chunk-len", 256, 1, 1 << 20);
+  b.rng.seed(static_cast<uint64_t>(args.integer("--seed", 0, 0, std::numeric_limits<long long>::max())));
   const std::string dt = args.str("--ctx-dtype", "f32");
   if (dt == "bf16") b.enc.state_dtype = DType::BF16;
   else if (dt != "f32") throw Error("--ctx-dtype must be f32 or bf16");
-  b.enc.batch_tokens = args.integer("--batch-tokens", 4096);
-  if (b.enc.batch_tokens <= 0) throw Error("--batch-tokens must be positive");
-  b.budget = args.has("--mem-budget") ? static_cast<double>(parse_bytes(args.str("--mem-budget")))
+  b.enc.batch_tokens = args.integer("--batch-tokens", 4096, 1, 1ll << 32);
+  b.budget = args.has("--mem-budget") ? static_cast<double>(args.bytes("--mem-budget", 0))
                                       : 0.9 * static_cast<double>(total_memory_bytes());
   const double weights = static_cast<double>(model->weight_bytes());
   const LlamaConfig& dec = cfg.decoder;

@@ -37,7 +37,7 @@ int cmd_encode(int argc, char** argv) {
     return 0;
   }
   if (!args.positional().empty()) throw Error("unexpected argument '" + args.positional()[0] + "'");
-  kernels::set_num_threads(static_cast<int>(args.integer("--threads", 0)));
+  kernels::set_num_threads(args.threads());
   const std::string out = args.required("--output");
   const ContextInputOptions in = context_input_options(args);
   if (in.files.empty() && in.texts.empty()) throw Error("nothing to encode: give -c FILE or --context-text TEXT");

@@ -43,7 +43,7 @@ int cmd_forward(int argc, char** argv) {
     return 0;
   }
   if (!args.positional().empty()) throw Error("unexpected argument '" + args.positional()[0] + "'");
-  kernels::set_num_threads(static_cast<int>(args.integer("--threads", 0)));
+  kernels::set_num_threads(args.threads());
   const std::string out_path = args.required("--output");
   Request req = read_request(args.required("--request"));
   auto model = CepeModel::load(args.required("--model"));

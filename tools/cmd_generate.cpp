@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <filesystem>
 #include <optional>
 #include <fstream>
@@ -66,18 +67,15 @@ const char* kGenerateHelp =
 
 GenerateOptions options_from(const Args& args) {
   GenerateOptions o;
-  o.max_new_tokens = args.integer("--max-new-tokens", 64);
-  if (o.max_new_tokens < 0) throw Error("--max-new-tokens must be >= 0");
-  const double temp = args.number("--temp", 0.8);
-  if (!(temp >= 0)) throw Error("--temp must be a number >= 0");
+  o.max_new_tokens = args.integer("--max-new-tokens", 64, 0, std::numeric_limits<int32_t>::max());
+  const double temp = args.number("--temp", 0.8, 0, 1e6);
   o.sampling.greedy = args.has("--greedy") || temp == 0.0;
   o.sampling.temperature = temp > 0 ? static_cast<float>(temp) : 1.0f;
-  o.sampling.top_k = args.integer("--top-k", 40);
-  if (o.sampling.top_k < 0) throw Error("--top-k must be >= 0");
-  const double top_p = args.number("--top-p", 0.95);
+  o.sampling.top_k = args.integer("--top-k", 40, 0, 1 << 30);
+  const double top_p = args.number("--top-p", 0.95, 0, 1);
   if (!(top_p > 0 && top_p <= 1)) throw Error("--top-p must be in (0, 1]");
   o.sampling.top_p = static_cast<float>(top_p);
-  const long long seed = args.integer("--seed", 0);
+  const long long seed = args.integer("--seed", 0, 0, std::numeric_limits<long long>::max());
   o.sampling.seed = static_cast<uint64_t>(seed);
   o.encode = encode_options(args);
   const std::string mode = args.str("--cross-attn", "auto");
@@ -89,7 +87,7 @@ GenerateOptions options_from(const Args& args) {
 // Memory --mem-budget leaves for a cached cross K/V once the weights, context states, KV cache and a scratch
 // allowance are counted (default budget: 80% of the memory available at start).
 size_t cross_kv_budget(const Args& args, const CepeModel& model, size_t states, int64_t batch, int64_t positions) {
-  const double budget = args.has("--mem-budget") ? static_cast<double>(parse_bytes(args.str("--mem-budget")))
+  const double budget = args.has("--mem-budget") ? static_cast<double>(args.bytes("--mem-budget", 0))
                                                   : 0.8 * static_cast<double>(available_memory_bytes());
   const LlamaConfig& d = model.config().decoder;
   const double self_kv = 2.0 * static_cast<double>(d.num_hidden_layers * batch * positions * d.kv_dim()) * 4.0;
@@ -307,7 +305,7 @@ int cmd_generate(int argc, char** argv) {
         throw Error(std::string(text_only) +
                     " works on text (-p PROMPT); token mode (--request) takes token ids as given");
   if (args.has("--system") && !args.has("--chat")) throw Error("--system needs --chat");
-  kernels::set_num_threads(static_cast<int>(args.integer("--threads", 0)));
+  kernels::set_num_threads(args.threads());
   const GenerateOptions opt = options_from(args);
   if (args.has("--request"))
     for (const char* text_only : {"--context", "--context-text", "--ctx"})

@@ -1,11 +1,9 @@
 // cepe init (--preset NAME | --config FILE) -o DIR [--dtype f32|bf16|f16] [--seed S]: a randomly initialised
 // checkpoint in the Hugging Face layout (config.json + model.safetensors), streamed to disk with bounded memory,
 // so that memory and speed can be measured at real scale without downloading weights.
-#include <signal.h>
-
 #include <cinttypes>
-#include <csignal>
 #include <cstdio>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -83,27 +81,6 @@ int list_presets() {
   return 0;
 }
 
-// Ctrl-C / SIGTERM while writing: stop at the next piece, so that the temporary file is removed (a second
-// signal kills as usual).
-volatile std::sig_atomic_t g_interrupted = 0;
-extern "C" void on_interrupt(int) { g_interrupted = 1; }
-
-struct InterruptGuard {
-  struct sigaction old_int {}, old_term {};
-  InterruptGuard() {
-    struct sigaction sa {};
-    sa.sa_handler = on_interrupt;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-  }
-  ~InterruptGuard() {
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
-  }
-};
-
 std::string read_binary(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open");
@@ -129,11 +106,10 @@ int cmd_init(int argc, char** argv) {
 
   InitOptions opt;
   opt.dtype = parse_dtype(args.str("--dtype", "f32"));
-  const long long seed = args.integer("--seed", 0);
-  if (seed < 0) throw Error("--seed must be >= 0");
+  const long long seed = args.integer("--seed", 0, 0, std::numeric_limits<long long>::max());
   opt.seed = static_cast<uint64_t>(seed);
   opt.overwrite = args.has("--force");
-  const long long threads = args.integer("--threads", 0);
+  const long long threads = args.threads();
   if (threads < 0) throw Error("--threads must be >= 0");
   kernels::set_num_threads(static_cast<int>(threads));
 
@@ -148,7 +124,7 @@ int cmd_init(int argc, char** argv) {
     cfg = parse_cepe_config(j, name);
     if (j.contains("initializer_range") && !j["initializer_range"].is_null()) {
       if (!j["initializer_range"].is_number() || !(j["initializer_range"].get<double>() > 0))
-        throw Error(name + ": key 'initializer_range' must be a positive number, got " + j["initializer_range"].dump());
+        throw Error(name + ": key 'initializer_range' must be a positive number, got " + json_excerpt(j["initializer_range"]));
       opt.initializer_range = j["initializer_range"].get<double>();
     }
   }
@@ -182,9 +158,7 @@ int cmd_init(int argc, char** argv) {
   std::fflush(stdout);
 
   Progress progress("model.safetensors", static_cast<int64_t>(bytes), "B");
-  InterruptGuard guard;
   opt.progress = [&](uint64_t done, uint64_t) {
-    if (g_interrupted) throw Error("interrupted: the partial model.safetensors was removed");
     progress.update(static_cast<int64_t>(done));
   };
   const InitResult r = write_random_checkpoint(dir, cfg, opt);

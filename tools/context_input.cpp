@@ -23,9 +23,8 @@ ContextInputOptions context_input_options(const Args& args) {
   ContextInputOptions o;
   o.files = args.all("--context");
   o.texts = args.all("--context-text");
-  const long long n = args.integer("--chunk-len", 256);
   // Bounded: every chunk is padded to chunk_len, so an absurd value would fill memory token by token.
-  if (n <= 0 || n > (1 << 20)) throw Error("--chunk-len must be in [1, 1048576]");
+  const long long n = args.integer("--chunk-len", 256, 1, 1 << 20);
   o.chunk_len = n;
   return o;
 }
@@ -38,6 +37,8 @@ ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenize
     } catch (const Error& e) {
       throw Error(f + ": " + e.what());
     }
+    // Silently reading nothing would answer as if the user had given no context.
+    if (docs.back().empty()) throw Error(f + ": context file is empty (no tokens)");
   }
   for (size_t i = 0; i < in.texts.size(); ++i) {
     try {
@@ -45,6 +46,7 @@ ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenize
     } catch (const Error& e) {
       throw Error("--context-text " + std::to_string(i + 1) + ": " + e.what());
     }
+    if (docs.back().empty()) throw Error("--context-text " + std::to_string(i + 1) + ": the text is empty (no tokens)");
   }
   return chunk_documents(docs, in.chunk_len, static_cast<int32_t>(model.config().decoder.eos_token_id));
 }
@@ -55,8 +57,7 @@ EncodeOptions encode_options(const Args& args) {
   if (dt == "f32") o.state_dtype = DType::F32;
   else if (dt == "bf16") o.state_dtype = DType::BF16;
   else throw Error("--ctx-dtype must be f32 or bf16, not '" + dt + "'");
-  const long long bt = args.integer("--batch-tokens", 8192);
-  if (bt <= 0) throw Error("--batch-tokens must be positive");
+  const long long bt = args.integer("--batch-tokens", 8192, 1, 1ll << 32);
   o.batch_tokens = bt;
   return o;
 }

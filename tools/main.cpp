@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cepe/error.h"
+#include "core/interrupt.h"
 #include "commands.h"
 
 namespace {
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  cepe::install_interrupt_cleanup();
   try {
     if (cmd == "generate") return cepe::cli::cmd_generate(argc - 2, argv + 2);
     if (cmd == "forward") return cepe::cli::cmd_forward(argc - 2, argv + 2);

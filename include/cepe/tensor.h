@@ -65,4 +65,10 @@ class Tensor {
   bool defined_ = false;
 };
 
+// Index of the first NaN/Inf among `n` floats, or -1.
+int64_t first_non_finite(const float* p, int64_t n);
+// Throws "<what> holds NaN at [i, j, ...] of [shape]" when an F32/BF16/F16 tensor holds a NaN or Inf (a checkpoint
+// with bad weights must fail loudly, not print garbage or silently ignore a context). Other dtypes pass.
+void check_finite(const Tensor& t, const std::string& what);
+
 }  // namespace cepe

@@ -8,27 +8,32 @@
 #include <exception>
 
 #include "cepe/error.h"
+#include "core/interrupt.h"
 
 namespace cepe {
 
-static std::string parent_dir(const std::string& path) {
+namespace {
+std::string parent_dir(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
   if (slash == 0) return "/";
   return path.substr(0, slash);
 }
+}  // namespace
 
-// Makes the rename itself durable. Best effort: some file systems refuse fsync on a directory,
-// and the data is already safely in place by then.
-static void sync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+std::string temp_path_for(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
+// Best effort: some file systems refuse fsync on a directory, and the data is already safely in place by then.
+void sync_parent_dir(const std::string& path) {
+  const int fd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
   (void)::fsync(fd);
   ::close(fd);
 }
 
 void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& write) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = temp_path_for(path);
+  const TempFileGuard guard(tmp);  // removed on Ctrl-C/SIGTERM too
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) {
     throw Error(path + ": cannot create temporary file " + tmp + ": " + std::strerror(errno));
@@ -56,7 +61,7 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
   f = nullptr;
   if (rc != 0) fail("cannot close", errno);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename " + tmp + " over it", errno);
-  sync_dir(parent_dir(path));
+  sync_parent_dir(path);
 }
 
 void write_text_atomic(const std::string& path, const std::string& text) {

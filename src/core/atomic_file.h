@@ -13,6 +13,11 @@ namespace cepe {
 // thrown; `path` itself is left untouched.
 void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& write);
 
+// The temporary name both atomic writers use: `path.tmp.<pid>`, in the same directory.
+std::string temp_path_for(const std::string& path);
+// fsyncs the directory holding `path`, so that a rename into it is durable (best effort).
+void sync_parent_dir(const std::string& path);
+
 // write_file_atomic for a whole text (or byte) string.
 void write_text_atomic(const std::string& path, const std::string& text);
 

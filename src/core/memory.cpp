@@ -52,6 +52,9 @@ size_t parse_bytes(const std::string& text) {
   else throw Error("'" + text + "' is not a size (examples: 20G, 512M, 1.5GB, 1000000)");
   if (text.empty() || end == text.c_str() || !(v >= 0) || !std::isfinite(v))
     throw Error("'" + text + "' is not a size (examples: 20G, 512M, 1.5GB, 1000000)");
+  // Checked before the conversion, which would be undefined beyond size_t.
+  if (!(v * mult <= kMaxParsedBytes))
+    throw Error("'" + text + "' is larger than any memory (at most " + std::to_string(kMaxParsedBytes >> 50) + " PiB)");
   return static_cast<size_t>(v * mult);
 }
 

@@ -12,6 +12,7 @@ size_t total_memory_bytes();   // MemTotal
 size_t available_memory_bytes();  // MemAvailable
 
 // "20G", "512M", "1.5GB", "1000000" -> bytes; errors name the text.
+constexpr size_t kMaxParsedBytes = size_t{1} << 60;
 size_t parse_bytes(const std::string& text);
 
 }  // namespace cepe

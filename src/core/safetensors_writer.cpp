@@ -11,6 +11,7 @@
 #include <set>
 
 #include "cepe/error.h"
+#include "core/atomic_file.h"
 
 namespace cepe {
 
@@ -20,20 +21,6 @@ namespace {
 
 // Page-cache window: once this much more has been written, the previous window is waited for and dropped.
 constexpr uint64_t kCacheWindow = 64ull << 20;
-
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-void sync_dir(const std::string& dir) {  // best effort, as write_file_atomic
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  ::close(fd);
-}
 
 }  // namespace
 
@@ -95,7 +82,10 @@ SafeTensorsLayout plan_safetensors(const std::string& path, const std::vector<Te
 
 SafeTensorsWriter::SafeTensorsWriter(const std::string& path, const std::vector<TensorSpec>& tensors,
                                      const std::map<std::string, std::string>& metadata)
-    : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())), layout_(plan_safetensors(path, tensors, metadata)) {
+    : path_(path),
+      tmp_(temp_path_for(path)),
+      guard_(std::make_unique<TempFileGuard>(tmp_)),
+      layout_(plan_safetensors(path, tensors, metadata)) {
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd_ < 0) throw Error(path_ + ": cannot create temporary file " + tmp_ + ": " + std::strerror(errno));
   // Reserve the space now: a disk that cannot hold the file fails here, not hours into the data.
@@ -183,7 +173,7 @@ void SafeTensorsWriter::commit() {
     ::unlink(tmp_.c_str());
     throw Error(path_ + ": cannot rename " + tmp_ + " over it: " + std::strerror(err));
   }
-  sync_dir(parent_dir(path_));
+  sync_parent_dir(path_);
 }
 
 }  // namespace cepe

@@ -12,11 +12,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cepe/safetensors.h"
 #include "cepe/tensor.h"
+#include "core/interrupt.h"
 
 namespace cepe {
 
@@ -63,6 +65,7 @@ class SafeTensorsWriter {
   void drop_written_pages();
 
   std::string path_, tmp_;
+  std::unique_ptr<TempFileGuard> guard_;  // removes tmp_ on Ctrl-C/SIGTERM
   SafeTensorsLayout layout_;
   int fd_ = -1;
   uint64_t written_ = 0;

@@ -1,5 +1,9 @@
 #include "cepe/tensor.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -200,6 +204,51 @@ void convert_from_f32(const float* src, DType dst_dtype, void* dst, int64_t n) {
     }
     default: throw Error(std::string("cannot convert F32 to ") + dtype_name(dst_dtype));
   }
+}
+
+int64_t first_non_finite(const float* p, int64_t n) {
+  // Branch-free scan of blocks (vectorises), then locate the value inside the first bad block.
+  constexpr int64_t kBlock = 1024;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    bool bad = false;
+    for (int64_t i = b; i < e; ++i) bad |= !(std::fabs(p[i]) <= std::numeric_limits<float>::max());
+    if (bad)
+      for (int64_t i = b; i < e; ++i)
+        if (!std::isfinite(p[i])) return i;
+  }
+  return -1;
+}
+
+void check_finite(const Tensor& t, const std::string& what) {
+  if (!t.defined()) return;
+  const int64_t n = t.numel();
+  int64_t bad = -1;
+  float value = 0;
+  if (t.dtype() == DType::F32) {
+    bad = first_non_finite(t.data<float>(), n);
+    if (bad >= 0) value = t.data<float>()[bad];
+  } else if (t.dtype() == DType::BF16 || t.dtype() == DType::F16) {
+    const uint16_t* h = t.data<uint16_t>();
+    // Exponent all ones is Inf/NaN in both formats.
+    const uint16_t exp_mask = t.dtype() == DType::BF16 ? 0x7f80 : 0x7c00;
+    for (int64_t i = 0; i < n && bad < 0; ++i)
+      if ((h[i] & exp_mask) == exp_mask) bad = i;
+    if (bad >= 0) value = t.dtype() == DType::BF16 ? bf16_to_f32(h[bad]) : f16_to_f32(h[bad]);
+  }
+  if (bad < 0) return;
+  std::string at = "[";
+  int64_t rest = bad;
+  Shape idx(t.shape().size());
+  for (size_t d = idx.size(); d-- > 0;) {
+    const int64_t dim = std::max<int64_t>(1, t.shape()[d]);
+    idx[d] = rest % dim;
+    rest /= dim;
+  }
+  for (size_t d = 0; d < idx.size(); ++d) at += (d ? ", " : "") + std::to_string(idx[d]);
+  at += "]";
+  throw Error(what + " holds " + (std::isnan(value) ? "NaN" : value > 0 ? "+Inf" : "-Inf") + " at " + at + " of " +
+              shape_str(t.shape()));
 }
 
 }  // namespace cepe

@@ -1,5 +1,6 @@
 #include "cepe/model.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -158,7 +159,14 @@ EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_i
       const size_t dst = static_cast<size_t>(r * keep * de);
       for (int64_t e = 0; e < n_entries; ++e) {
         Tensor& st = out.states[static_cast<size_t>(e)];
-        convert_from_f32(entries[static_cast<size_t>(e)].f32() + i * L * de, st.dtype(),
+        const float* src = entries[static_cast<size_t>(e)].f32() + i * L * de;
+        // A NaN state would not fail later: masked-softmax kernels can drop it and answer as if without context.
+        if (const int64_t bad = first_non_finite(src, keep * de); bad >= 0)
+          throw Error("encoder states are not finite (" + std::string(std::isnan(src[bad]) ? "NaN" : "Inf") +
+                      " in chunk " + std::to_string(r % n) + " of batch row " + std::to_string(r / n) + ", position " +
+                      std::to_string(bad / de) + (n_entries > 1 ? ", hidden-state entry " + std::to_string(e) : "") +
+                      "): the encoder's weights hold NaN/Inf or its activations overflow");
+        convert_from_f32(src, st.dtype(),
                          static_cast<char*>(st.raw()) + dst * dtype_size(st.dtype()), keep * de);
       }
       std::copy(mask.begin() + i * L, mask.begin() + i * L + keep, out.mask.data<uint8_t>() + r * keep);
@@ -226,10 +234,13 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
       std::copy(h.f32() + ((b + 1) * len - 1) * d, h.f32() + (b + 1) * len * d, last.f32() + b * d);
     Tensor logits = Tensor::empty(DType::F32, {batch, 1, V});
     kernels::linear(last.f32(), batch, d, im.lm_head, logits.f32());
+    check_finite(logits, "logits [batch, last position, vocab]");
     return logits;
   }
   Tensor logits = Tensor::empty(DType::F32, {batch, len, V});
   kernels::linear(h.f32(), batch * len, d, im.lm_head, logits.f32());
+  // Otherwise sampling turns NaN into token 0 and prints garbage with exit status 0.
+  check_finite(logits, "logits [batch, position, vocab]");
   return logits;
 }
 

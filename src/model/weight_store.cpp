@@ -63,8 +63,10 @@ Tensor WeightStore::get(const std::string& name, const Shape& shape) const {
 }
 
 Tensor WeightStore::get_f32(const std::string& name, const Shape& shape) const {
-  Tensor t = get(name, shape);
-  return t.to(DType::F32);
+  // Small vectors (norms) converted once: cheap to check, and a NaN here would poison every output.
+  Tensor t = get(name, shape).to(DType::F32);
+  check_finite(t, describe() + ": tensor '" + name + "'");
+  return t;
 }
 
 std::vector<std::string> WeightStore::unused() const {

@@ -34,6 +34,12 @@ ContextChunks chunk_documents(const std::vector<std::vector<int32_t>>& docs, int
 void save_context(const std::string& path, const EncodedContext& ctx, const CepeModel& model,
                   const std::vector<std::string>& sources) {
   check(!ctx.states.empty() && ctx.mask.defined(), "save_context: the context is empty");
+  // What load_context accepts: a uniform layout (combined contexts of mixed chunk lengths have ctx_len 0).
+  check(ctx.n_ctx > 0 && ctx.ctx_len > 0 && ctx.n_ctx * ctx.ctx_len == ctx.keys(),
+        path + ": only a context of uniform chunks can be saved (n_ctx " + std::to_string(ctx.n_ctx) + ", ctx_len " +
+            std::to_string(ctx.ctx_len) + ", " + std::to_string(ctx.keys()) + " keys)");
+  for (size_t e = 0; e < ctx.states.size(); ++e)
+    check_finite(ctx.states[e], path + ": states." + std::to_string(e));
   std::map<std::string, Tensor> tensors;
   for (size_t e = 0; e < ctx.states.size(); ++e) tensors["states." + std::to_string(e)] = ctx.states[e];
   tensors["mask"] = ctx.mask;
@@ -98,6 +104,7 @@ EncodedContext load_context(const std::string& path, const CepeModel& model) {
   if (entries != want_entries)
     throw Error(path + ": holds " + std::to_string(entries) + " hidden-state entries, the model reads " +
                 std::to_string(want_entries));
+  if (ctx.batch < 1) throw Error(path + ": metadata 'batch' is " + std::to_string(ctx.batch) + ", not a positive count");
   ctx.mask = st.get("mask");
   if (ctx.mask.dtype() != DType::U8 || ctx.mask.rank() != 2 || ctx.mask.dim(0) != ctx.batch)
     throw Error(path + ": tensor 'mask' must be U8 [batch, keys], found " + dtype_name(ctx.mask.dtype()) + " " +
@@ -110,11 +117,16 @@ EncodedContext load_context(const std::string& path, const CepeModel& model) {
     if ((t.dtype() != DType::F32 && t.dtype() != DType::BF16) || t.shape() != want_shape)
       throw Error(path + ": tensor '" + name + "' must be F32 or BF16 " + shape_str(want_shape) + ", found " +
                   dtype_name(t.dtype()) + " " + shape_str(t.shape()));
+    // Cheap next to using them, and a NaN context would otherwise be dropped silently by the absorbed kernel.
+    check_finite(t, path + ": tensor '" + name + "'");
     ctx.states.push_back(t);
   }
-  if (ctx.n_ctx * ctx.ctx_len != K && ctx.ctx_len != 0)
-    throw Error(path + ": layout " + std::to_string(ctx.n_ctx) + " x " + std::to_string(ctx.ctx_len) +
-                " does not match " + std::to_string(K) + " keys");
+  // Checked arithmetic: a product that wraps could otherwise equal the real key count.
+  int64_t layout_keys = 0;
+  if (ctx.n_ctx < 1 || ctx.ctx_len < 1 || __builtin_mul_overflow(ctx.n_ctx, ctx.ctx_len, &layout_keys) ||
+      layout_keys != K)
+    throw Error(path + ": metadata layout n_ctx " + std::to_string(ctx.n_ctx) + " x ctx_len " +
+                std::to_string(ctx.ctx_len) + " does not match the " + std::to_string(K) + " keys of tensor 'mask'");
   for (int64_t i = 0; i < ctx.mask.numel(); ++i)
     if (ctx.mask.data<uint8_t>()[i] > 1) throw Error(path + ": tensor 'mask' holds values other than 0 and 1");
   return ctx;

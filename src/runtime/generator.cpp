@@ -71,7 +71,12 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   DecodeOptions dopt = opt.decode;
   dopt.last_only = true;
   dopt.mask_stride = cap;
-  Tensor logits = model.decode(req.ids.data(), B, T, pos.data(), full.data(), cache.get(), ctx, dopt);
+  Tensor logits;
+  try {
+    logits = model.decode(req.ids.data(), B, T, pos.data(), full.data(), cache.get(), ctx, dopt);
+  } catch (const Error& e) {
+    throw Error(std::string("prefill: ") + e.what());
+  }
   res.timings.prefill_s = now_s() - t0;
   res.timings.prefill_tokens = B * T;
 
@@ -79,7 +84,11 @@ GenerateResult generate(const CepeModel& model, GenerateRequest& req, const Gene
   std::vector<int64_t> step_pos(static_cast<size_t>(B));
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
     if (step > 0) {
-      logits = model.decode(next.data(), B, 1, step_pos.data(), full.data(), cache.get(), ctx, dopt);
+      try {
+        logits = model.decode(next.data(), B, 1, step_pos.data(), full.data(), cache.get(), ctx, dopt);
+      } catch (const Error& e) {
+        throw Error("decoding step " + std::to_string(step) + ": " + e.what());
+      }
     }
     for (int64_t b = 0; b < B; ++b) {
       const int32_t tok = sampler.sample(logits.f32() + b * V, V);
