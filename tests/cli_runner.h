@@ -34,7 +34,9 @@ std::string describe(const RunResult& r);
 
 // Runs `timeout -k 5 60 cepe ARGS...` with stdin from /dev/null and stdout/stderr into files of `scratch` (removed
 // afterwards). Arguments go to the process as-is (no shell), so raw bytes and newlines reach argv untouched.
-RunResult run_cepe_in(const std::filesystem::path& scratch, const std::vector<std::string>& args);
+// `prefix` goes between `timeout` and cepe: e.g. {"prlimit", "--as=N", "--"} to limit its address space.
+RunResult run_cepe_in(const std::filesystem::path& scratch, const std::vector<std::string>& args,
+                      const std::vector<std::string>& prefix = {});
 
 // The process ended on its own (no signal; `timeout` reports 124 for a hang, 125-127 for its own failures and 128+N
 // when the child died of signal N).
@@ -59,7 +61,9 @@ class CliScratchTest : public ::testing::Test {
   void SetUp() override;
   void TearDown() override;
 
-  RunResult run_cepe(const std::vector<std::string>& args) const { return run_cepe_in(dir_, args); }
+  RunResult run_cepe(const std::vector<std::string>& args, const std::vector<std::string>& prefix = {}) const {
+    return run_cepe_in(dir_, args, prefix);
+  }
   // `name` inside the scratch directory.
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
 

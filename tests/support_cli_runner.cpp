@@ -38,13 +38,16 @@ std::string describe(const RunResult& r) {
   return s;
 }
 
-RunResult run_cepe_in(const fs::path& scratch, const std::vector<std::string>& args) {
+RunResult run_cepe_in(const fs::path& scratch, const std::vector<std::string>& args,
+                      const std::vector<std::string>& prefix) {
   static std::atomic<int> counter{0};
   const int n = counter++;
   const fs::path out_path = scratch / ("stdout." + std::to_string(n));
   const fs::path err_path = scratch / ("stderr." + std::to_string(n));
 
-  std::vector<std::string> full = {"timeout", "-k", "5", std::to_string(kCliTimeoutS), CEPE_BINARY};
+  std::vector<std::string> full = {"timeout", "-k", "5", std::to_string(kCliTimeoutS)};
+  full.insert(full.end(), prefix.begin(), prefix.end());
+  full.push_back(CEPE_BINARY);
   full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : full) argv.push_back(a.data());

@@ -15,6 +15,7 @@ namespace {
 // std::vector or a lock. Slots are claimed and released with atomic exchanges.
 constexpr int kSlots = 64;
 std::atomic<char*> g_temp_files[kSlots];
+bool g_stderr_tty = false;  // a progress bar may be mid-line: start the error on a line of its own
 
 void write_all(const char* s) {
   size_t n = std::strlen(s);
@@ -31,7 +32,8 @@ extern "C" void on_interrupt(int sig) {
   for (auto& slot : g_temp_files) {
     if (char* p = slot.load()) removed = ::unlink(p) == 0 || removed;
   }
-  write_all(sig == SIGINT ? "\nerror: interrupted by SIGINT" : "\nerror: interrupted by SIGTERM");
+  if (g_stderr_tty) write_all("\n");
+  write_all(sig == SIGINT ? "error: interrupted by SIGINT" : "error: interrupted by SIGTERM");
   write_all(removed ? "; unfinished output files were removed\n" : "\n");
   ::_exit(1);
 }
@@ -39,6 +41,7 @@ extern "C" void on_interrupt(int sig) {
 }  // namespace
 
 void install_interrupt_cleanup() {
+  g_stderr_tty = ::isatty(STDERR_FILENO) == 1;
   struct sigaction sa {};
   sa.sa_handler = on_interrupt;
   sigemptyset(&sa.sa_mask);

@@ -1,6 +1,7 @@
 #include "core/json_file.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -52,8 +53,9 @@ class JsonPath {
   }
   void key(const std::string& k) {
     Frame& f = frames_.back();
+    if (!f.keys.insert(k).second)
+      throw Error(origin_ + ": duplicate key '" + bounded(k, 64) + "'" + at(frames_.size() - 1));
     f.key = k;
-    if (!f.keys.insert(k).second) throw Error(origin_ + ": duplicate key '" + bounded(k, 64) + "'" + at());
   }
   // A scalar value finished: the enclosing array moves on to its next element.
   void advance() {
@@ -66,9 +68,10 @@ class JsonPath {
     return frames_.empty() || !frames_[0].object ? none : frames_[0].key;
   }
 
-  std::string path() const {
+  // The path through the first `levels` open containers (all by default).
+  std::string path(size_t levels = SIZE_MAX) const {
     std::string p;
-    for (size_t i = 0; i < frames_.size(); ++i) {
+    for (size_t i = 0; i < std::min(levels, frames_.size()); ++i) {
       const Frame& f = frames_[i];
       if (f.object) {
         if (f.key.empty()) break;
@@ -82,8 +85,8 @@ class JsonPath {
     return p;
   }
   // " in field 'P'" or "" at the top level.
-  std::string at() const {
-    const std::string p = path();
+  std::string at(size_t levels = SIZE_MAX) const {
+    const std::string p = path(levels);
     return p.empty() ? std::string() : " in field '" + p + "'";
   }
   const std::string& origin() const { return origin_; }
