@@ -530,7 +530,10 @@ void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DT
   const int64_t want = std::clamp<int64_t>(N / kMinKeysPerThread, 1, omp_get_max_threads());
   std::vector<Partial*> parts(static_cast<size_t>(want));
   int64_t team = 1;
-#pragma omp parallel num_threads(static_cast<int>(want)) if (want > 1)
+  // No `if (want > 1)`: num_threads(1) already runs the region on this thread alone, and clang 14 emits the
+  // num_threads push before testing the if, so a false if left it pending for the next region, which then got
+  // one thread: OpenBLAS's next threaded call waited forever for its second thread.
+#pragma omp parallel num_threads(static_cast<int>(want))
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
 #pragma omp single

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora in tests/fuzz/corpus/<target>/ from the fixtures in tests/data (small files, real
+formats: libFuzzer mutates from there). Rerun after a format change; the files are committed.
+    python3 tests/fuzz/make_corpus.py [path/to/cepe]     # the CLI makes the encoded-context seeds
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATA = os.path.join(ROOT, "tests", "data")
+OUT = os.path.join(ROOT, "tests", "fuzz", "corpus")
+SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def write(target, name, data):
+    d = os.path.join(OUT, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def safetensors(tensors, metadata=None, order=None):
+    """tensors: name -> (dtype, shape, raw bytes); laid out in `order` (default: sorted), gap-free."""
+    header, blob = {}, b""
+    for name in order or sorted(tensors):
+        dtype, shape, raw = tensors[name]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(blob), len(blob) + len(raw)]}
+        blob += raw
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + blob
+
+
+def read_safetensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    meta = h.pop("__metadata__", None)
+    data = b[8 + n:]
+    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items()}, meta
+
+
+def i64_rows(raw, shape):
+    flat = list(struct.unpack("<%dq" % (len(raw) // 8), raw))
+    def nest(vals, dims):
+        if len(dims) == 1:
+            return vals
+        step = len(vals) // dims[0]
+        return [nest(vals[i * step:(i + 1) * step], dims[1:]) for i in range(dims[0])]
+    return nest(flat, shape)
+
+
+def main():
+    cepe = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build", "bin", "cepe")
+    shutil.rmtree(OUT, ignore_errors=True)
+
+    # safetensors: every dtype, scalar and empty tensors, a misaligned offset, an empty header, a trimmed golden.
+    def raw(dtype, n):
+        return bytes((7 * i + 3) % 251 for i in range(n * SIZES[dtype]))
+    write("safetensors", "all_dtypes.safetensors", safetensors(
+        {"f32": ("F32", [2, 3], struct.pack("<6f", 0.5, -1, 2, 3.25, 0, 1e-3)), "f16": ("F16", [3], raw("F16", 3)),
+         "bf16": ("BF16", [2, 2], raw("BF16", 4)), "i64": ("I64", [2], struct.pack("<2q", -1, 1 << 40)),
+         "i32": ("I32", [1], struct.pack("<i", 7)), "i8": ("I8", [4], raw("I8", 4)), "u8": ("U8", [3], raw("U8", 3)),
+         "bool": ("BOOL", [2], b"\x00\x01")}, {"format": "pt"}, order=["f32", "i64", "f16", "bf16", "i32", "i8", "u8", "bool"]))
+    write("safetensors", "scalar_empty.safetensors", safetensors(
+        {"scalar": ("F32", [], struct.pack("<f", 3.0)), "empty": ("F32", [0, 4], b""), "zero_dim": ("I64", [2, 0], b"")}))
+    write("safetensors", "misaligned.safetensors", safetensors(
+        {"a": ("U8", [2], b"\x01\x02"), "b": ("F32", [2], struct.pack("<2f", 1, 2))}, order=["a", "b"]))
+    write("safetensors", "empty_header.safetensors", safetensors({}, {}))
+    golden, meta = read_safetensors(os.path.join(DATA, "cepe-tiny-a", "golden.safetensors"))
+    keep = ["input_ids", "attention_mask", "encoder_input_ids", "encoder_attention_mask", "target_logprobs"]
+    write("safetensors", "golden_trimmed.safetensors", safetensors({k: golden[k] for k in keep}, meta))
+
+    # config.json: every fixture's.
+    for d in sorted(os.listdir(DATA)):
+        p = os.path.join(DATA, d, "config.json")
+        if os.path.exists(p):
+            write("config", d + ".json", open(p, "rb").read())
+
+    # request JSON (README.md, docs/cli.md): minimal, masked + positions, with a context, a padded batch.
+    write("request", "minimal.json", json.dumps({"input_ids": [[1, 32, 50, 132]]}))
+    write("request", "masked.json", json.dumps({"input_ids": [[1, 5, 6], [0, 1, 9]],
+                                                "attention_mask": [[1, 1, 1], [0, 1, 1]],
+                                                "position_ids": [[0, 1, 2], [0, 0, 1]]}))
+    req = {k: i64_rows(golden[k][2], golden[k][1])
+           for k in ["input_ids", "attention_mask", "encoder_input_ids", "encoder_attention_mask"]}
+    write("request", "tiny_a_context.json", json.dumps(req, separators=(",", ":")))
+    padded, _ = read_safetensors(os.path.join(DATA, "ref-padded-batch", "golden.safetensors"))
+    req = {k: i64_rows(padded[k][2], padded[k][1])
+           for k in ["input_ids", "attention_mask", "position_ids", "encoder_input_ids", "encoder_attention_mask"]}
+    write("request", "padded_batch.json", json.dumps(req, indent=1))
+
+    # Encoded contexts of the tiny model (load_context checks the encoder fingerprint, so they must be real).
+    model = os.path.join(DATA, "cepe-tiny-a")
+    ctx = os.path.join(OUT, "context")
+    os.makedirs(ctx, exist_ok=True)
+    for name, args in [("hello_f32.ctx", ["--context-text", "hello world", "--chunk-len", "8"]),
+                       ("two_docs_bf16.ctx", ["--context-text", "hello world", "--context-text",
+                                              "The quick brown fox jumps over the lazy dog.", "--chunk-len", "4",
+                                              "--ctx-dtype", "bf16"])]:
+        subprocess.run([cepe, "encode", "-m", model, *args, "-o", os.path.join(ctx, name), "-t", "1"], check=True,
+                       stdout=subprocess.DEVNULL)
+    write("safetensors", "context.safetensors", open(os.path.join(ctx, "hello_f32.ctx"), "rb").read())
+
+    # The tiny fixture's tokenizer is already small (8 KB).
+    write("tokenizer", "tiny_a.model", open(os.path.join(model, "tokenizer.model"), "rb").read())
+
+
+if __name__ == "__main__":
+    main()
