@@ -74,11 +74,32 @@ class WireReader {
         return true;
       }
       case 5: return skip(4);
-      default: return false;  // groups are not used by sentencepiece_model.proto
+      case 3: return skip_group(*field, 0);
+      default: return false;  // an end-group without its start, or wire types 6/7: malformed
     }
   }
 
  private:
+  // sentencepiece_model.proto uses no groups, but protobuf skips them as unknown fields, and so must we:
+  // stopping at one would miss the fields after it and mispredict how the library decodes.
+  bool skip_group(uint32_t field, int depth) {
+    if (depth > 64) return false;  // protobuf's own recursion limit is 100
+    for (;;) {
+      uint64_t key;
+      if (!varint(&key)) return false;
+      const auto f = static_cast<uint32_t>(key >> 3);
+      uint64_t v;
+      switch (key & 7) {
+        case 0: if (!varint(&v)) return false; break;
+        case 1: if (!skip(8)) return false; break;
+        case 2: if (!varint(&v) || v > static_cast<uint64_t>(end_ - p_)) return false; p_ += v; break;
+        case 3: if (!skip_group(f, depth + 1)) return false; break;
+        case 4: return f == field;
+        case 5: if (!skip(4)) return false; break;
+        default: return false;
+      }
+    }
+  }
   bool varint(uint64_t* v) {
     *v = 0;
     for (int shift = 0; shift < 64 && p_ < end_; shift += 7) {
@@ -210,7 +231,21 @@ Tokenizer Tokenizer::load(const std::string& path) {
 
   Tokenizer t;
   t.sp_ = std::move(sp);
-  t.vocab_ = std::move(vocab);
+  t.vocab_ = vocab;
+  // The table above predicts how the library decodes each piece. Where a model defeats the prediction (an
+  // unusual or hostile file), stream by decoding the whole text instead, as for a denormalizer: slower to
+  // show, never different from decode().
+  if (!vocab->has_denormalizer) {
+    for (int32_t id = 0; id < n; ++id) {
+      StreamDecoder one(t);
+      std::string streamed = one.push(id);
+      streamed += one.flush();
+      if (streamed != t.decode({id})) {
+        vocab->has_denormalizer = true;
+        break;
+      }
+    }
+  }
   return t;
 }
 
