@@ -19,6 +19,7 @@
 #include "cepe/context.h"
 #include "cepe/safetensors.h"
 #include "cepe/tensor.h"
+#include "cepe/tokenizer.h"
 #include "cli_runner.h"
 #include "core/atomic_file.h"
 #include "core/interrupt.h"
@@ -470,6 +471,23 @@ TEST(HostileJson, ExcerptIsBounded) {
   EXPECT_LE(cepe::json_excerpt(json(std::string(100000, 'a'))).size(), 60u);
   // Invalid UTF-8 in a string does not throw (nlohmann's dump() would).
   EXPECT_NO_THROW(cepe::json_excerpt(json(std::string("\xff\xfe"))));
+}
+
+}  // namespace
+
+// --- Tokenizer models whose normalization tables would make SentencePiece read out of bounds ----------------------
+
+namespace {
+
+TEST(HostileTokenizer, CorruptCharsmapIsRefusedValidOneLoads) {
+  const fs::path fuzz = fs::path(CEPE_TEST_DATA).parent_path() / "fuzz";
+  // A real nmt_nfkc model (SentencePiece trained on GPL-3, 300 pieces) has a 237 KB charsmap: it must load.
+  const cepe::Tokenizer ok = cepe::Tokenizer::load((fuzz / "corpus/tokenizer/nfkc_gpl3.model").string());
+  EXPECT_EQ(ok.decode(ok.encode("\xef\xbc\xa1 license", false)), "A license");  // NFKC: fullwidth A -> A
+  // Found by fuzz_tokenizer: a denormalizer trie of under one unit, which SentencePiece reads past.
+  const std::string e = error_of(
+      [&] { cepe::Tokenizer::load((fuzz / "regressions/tokenizer/charsmap_out_of_bounds.model").string()); });
+  EXPECT_TRUE(contains(e, {"charsmap_out_of_bounds.model", "precompiled_charsmap", "corrupt or hostile"})) << e;
 }
 
 }  // namespace

@@ -2,11 +2,13 @@
 
 #include <sentencepiece_processor.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <sstream>
 #include <string_view>
+#include <unordered_set>
 #include <system_error>
 
 #include "core/utf8.h"
@@ -122,6 +124,7 @@ struct ModelFlags {
   bool add_dummy_prefix = true;          // NormalizerSpec defaults
   bool remove_extra_whitespaces = true;
   bool has_denormalizer = false;
+  std::string_view normalizer_charsmap, denormalizer_charsmap;  // precompiled_charsmap blobs (views into the file)
   std::string unk_surface = " \xE2\x81\x87 ";  // TrainerSpec default
 };
 
@@ -144,13 +147,59 @@ ModelFlags read_model_flags(std::string_view model) {
       while (sub.next(&sf, &swt, &sb, &sv)) {
         if (sf == 3 && swt == 0) f.add_dummy_prefix = sv != 0;
         if (sf == 4 && swt == 0) f.remove_extra_whitespaces = sv != 0;
+        if (sf == 2 && swt == 2) f.normalizer_charsmap = sb;
       }
     } else if (field == 5) {  // denormalizer NormalizerSpec: active when precompiled_charsmap is non-empty
       while (sub.next(&sf, &swt, &sb, &sv))
-        if (sf == 2 && swt == 2) f.has_denormalizer = !sb.empty();
+        if (sf == 2 && swt == 2) {
+          f.has_denormalizer = !sb.empty();
+          f.denormalizer_charsmap = sb;
+        }
     }
   }
   return f;
+}
+
+// SentencePiece walks a precompiled_charsmap (a darts-clone double array, then NUL-terminated replacement
+// strings) without bounds checks, so a hostile tokenizer.model makes it read outside the blob on ordinary text.
+// This walks every node any input can reach, checks each index it would read, and returns what is wrong ("" if
+// nothing). Layout (sentencepiece normalizer.cc): uint32 trie size in bytes, the trie's uint32 units, the strings.
+std::string charsmap_problem(std::string_view blob) {
+  if (blob.empty()) return "";  // no rules: the identity
+  if (blob.size() <= 4) return "is shorter than its 4-byte header";
+  uint32_t trie_bytes = 0;
+  std::memcpy(&trie_bytes, blob.data(), 4);
+  if (trie_bytes >= blob.size()) return "declares a trie larger than the blob";  // the library's own check
+  const size_t n = trie_bytes / 4;
+  const std::string_view strings = blob.substr(4 + trie_bytes);
+  if (n == 0) return "has an empty trie";
+  auto unit = [&](size_t i) {
+    uint32_t u;
+    std::memcpy(&u, blob.data() + 4 + 4 * i, 4);
+    return u;
+  };
+  auto offset = [](uint32_t u) { return static_cast<size_t>((u >> 10) << ((u & (1u << 9)) >> 6)); };
+  std::vector<size_t> todo = {offset(unit(0))};
+  std::unordered_set<size_t> seen(todo.begin(), todo.end());
+  while (!todo.empty()) {
+    const size_t base = todo.back();
+    todo.pop_back();
+    for (size_t c = 0; c < 256; ++c) {  // every byte of the input text may be next
+      const size_t j = base ^ c;
+      if (j >= n) return "trie unit " + std::to_string(j) + " is outside the " + std::to_string(n) + "-unit trie";
+      const uint32_t u = unit(j);
+      if ((u & ((1u << 31) | 0xFFu)) != c) continue;  // not a child for this byte
+      const size_t next = j ^ offset(u);
+      if ((u >> 8) & 1u) {  // a leaf: its value is an offset into the strings, read up to a NUL
+        if (next >= n) return "trie leaf " + std::to_string(next) + " is outside the trie";
+        const size_t value = unit(next) & ((1u << 31) - 1);
+        if (value >= strings.size() || strings.find('\0', value) == std::string_view::npos)
+          return "replacement string offset " + std::to_string(value) + " is outside its strings";
+      }
+      if (seen.insert(next).second) todo.push_back(next);
+    }
+  }
+  return "";
 }
 
 }  // namespace
@@ -198,6 +247,13 @@ Tokenizer Tokenizer::load(const std::string& path) {
   if (n <= 0) throw Error("tokenizer model '" + path + "' has an empty vocabulary");
 
   const ModelFlags flags = read_model_flags(data);
+  for (const auto& [blob, which] : {std::pair{flags.normalizer_charsmap, "normalizer"},
+                                    std::pair{flags.denormalizer_charsmap, "denormalizer"}}) {
+    const std::string problem = charsmap_problem(blob);
+    if (!problem.empty())
+      throw Error("tokenizer model '" + path + "': the " + which + "'s precompiled_charsmap " + problem +
+                  " (corrupt or hostile file)");
+  }
   auto vocab = std::make_shared<detail::TokenizerVocab>();
   vocab->strip_first_space = flags.add_dummy_prefix || flags.remove_extra_whitespaces;
   vocab->remove_extra_whitespaces = flags.remove_extra_whitespaces;
