@@ -72,13 +72,13 @@ static std::vector<int64_t> contiguous_strides(const Shape& shape) {
 
 Tensor::Tensor(std::shared_ptr<void> owner, void* data, DType dtype, Shape shape)
     : owner_(std::move(owner)), data_(data), dtype_(dtype), shape_(std::move(shape)) {
-  for (int64_t d : shape_) check(d >= 0, "negative dimension in shape " + shape_str(shape_));
+  for (int64_t d : shape_) check(d >= 0, [&] { return "negative dimension in shape " + shape_str(shape_); });
   strides_ = contiguous_strides(shape_);
   defined_ = true;
 }
 
 Tensor Tensor::empty(DType dtype, Shape shape) {
-  for (int64_t d : shape) check(d >= 0, "negative dimension in shape " + shape_str(shape));
+  for (int64_t d : shape) check(d >= 0, [&] { return "negative dimension in shape " + shape_str(shape); });
   size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
   // 64-byte alignment keeps vector loads on cache lines.
   size_t rounded = (bytes + 63) / 64 * 64;
@@ -97,13 +97,15 @@ Tensor Tensor::zeros(DType dtype, Shape shape) {
 bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
 
 float* Tensor::f32() const {
-  check(dtype_ == DType::F32, std::string("expected an F32 tensor, got ") + dtype_name(dtype_));
+  check(dtype_ == DType::F32, [&] { return std::string("expected an F32 tensor, got ") + dtype_name(dtype_); });
   return static_cast<float*>(data_);
 }
 
 Tensor Tensor::slice0(int64_t begin, int64_t end) const {
-  check(rank() >= 1 && begin >= 0 && begin <= end && end <= shape_[0],
-        "slice [" + std::to_string(begin) + ", " + std::to_string(end) + ") out of range for shape " + shape_str(shape_));
+  check(rank() >= 1 && begin >= 0 && begin <= end && end <= shape_[0], [&] {
+    return "slice [" + std::to_string(begin) + ", " + std::to_string(end) + ") out of range for shape " +
+           shape_str(shape_);
+  });
   Shape s = shape_;
   s[0] = end - begin;
   char* base = static_cast<char*>(data_) + static_cast<size_t>(begin * strides_[0]) * dtype_size(dtype_);
@@ -111,7 +113,7 @@ Tensor Tensor::slice0(int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::reshape(Shape shape) const {
-  check(shape_numel(shape) == numel(), "cannot reshape " + shape_str(shape_) + " to " + shape_str(shape));
+  check(shape_numel(shape) == numel(), [&] { return "cannot reshape " + shape_str(shape_) + " to " + shape_str(shape); });
   check(is_contiguous(), "reshape of a non-contiguous tensor");
   return Tensor(owner_, data_, dtype_, std::move(shape));
 }

@@ -74,8 +74,9 @@ void detail::linear_widen_sgemm(const float* x, int64_t M, int64_t K, const void
 }
 
 void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, bool accumulate) {
-  check(W.rank() == 2 && W.dim(1) == K,
-        "linear: weight " + shape_str(W.shape()) + " does not take inputs of width " + std::to_string(K));
+  check(W.rank() == 2 && W.dim(1) == K, [&] {
+    return "linear: weight " + shape_str(W.shape()) + " does not take inputs of width " + std::to_string(K);
+  });
   const int64_t N = W.dim(0);
   if (M == 0 || N == 0) return;
   switch (W.dtype()) {
