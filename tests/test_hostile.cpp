@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -369,7 +370,7 @@ int in_child(F&& body) {
     ::_exit(0);
   }
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   return status;
 }

@@ -69,16 +69,15 @@ long long Args::integer(const std::string& name, long long def, long long lo, lo
   char* end = nullptr;
   errno = 0;
   const long long v = std::strtoll(s.c_str(), &end, 10);
+  const bool malformed = s.empty() || *end != '\0' || std::isspace(static_cast<unsigned char>(s[0]));
+  if (!malformed && errno != ERANGE && v >= lo && v <= hi) return v;
   std::string range = "[";  // built step by step: `"[" + std::to_string(..)` trips a GCC 12 -Wrestrict false positive
   range += std::to_string(lo);
   range += ", ";
   range += std::to_string(hi);
   range += "]";
-  if (s.empty() || *end != '\0' || std::isspace(static_cast<unsigned char>(s[0])))
-    throw Error("option " + name + ": '" + s + "' is not an integer (expected one in " + range + ")");
-  if (errno == ERANGE || v < lo || v > hi)
-    throw Error("option " + name + ": " + s + " is out of range (expected an integer in " + range + ")");
-  return v;
+  if (malformed) throw Error("option " + name + ": '" + s + "' is not an integer (expected one in " + range + ")");
+  throw Error("option " + name + ": " + s + " is out of range (expected an integer in " + range + ")");
 }
 
 double Args::number(const std::string& name, double def, double lo, double hi) const {
