@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails if a lower layer includes a higher one (core -> kernels -> model -> runtime -> tools).
+# Fails if a lower layer includes a higher one (core -> kernels -> model -> runtime -> train -> tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -12,8 +12,9 @@ forbid() {  # forbid DIR PATTERN...
     fi
   done
 }
-forbid src/core 'kernels/' 'model/' 'runtime/' 'cepe/(model|generate|tokenizer|config)\.h'
-forbid src/kernels 'model/' 'runtime/' 'cepe/(model|generate|tokenizer)\.h'
-forbid src/model 'runtime/' 'cepe/(generate|tokenizer)\.h'
-forbid include/cepe 'core/' 'kernels/' 'model/' 'runtime/'
+forbid src/core 'kernels/' 'model/' 'runtime/' 'train/' 'cepe/(model|generate|tokenizer|config)\.h'
+forbid src/kernels 'model/' 'runtime/' 'train/' 'cepe/(model|generate|tokenizer)\.h'
+forbid src/model 'runtime/' 'train/' 'cepe/(generate|tokenizer)\.h'
+forbid src/runtime 'train/'
+forbid include/cepe 'core/' 'kernels/' 'model/' 'runtime/' 'train/'
 exit $status
