@@ -10,6 +10,8 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/shared_kv_attention.h"
+#include "kernels/cpu/softmax.h"
+#include "kernels/cpu/activation.h"
 
 namespace cepe {
 
@@ -28,52 +30,6 @@ const float* state_rows(const Tensor& st, int64_t b, int64_t k0, int64_t n, std:
   buf.resize(static_cast<size_t>(n * de));
   convert_to_f32(st.dtype(), static_cast<const char*>(st.raw()) + off * dtype_size(st.dtype()), buf.data(), n * de);
   return buf.data();
-}
-
-// One key block of an online (flash-style) softmax for M query rows: s [M, n] holds scaled scores and is
-// overwritten with the block's weights; m/l are the running max and normaliser; acc [M, D] (row stride
-// acc_ld) accumulates weights · V, V [n, D] with row stride v_ld.
-void online_softmax_block(float* s, int64_t M, int64_t n, const uint8_t* mask, float* m, float* l, float* acc,
-                          int64_t acc_ld, const float* V, int64_t v_ld, int64_t D) {
-  for (int64_t r = 0; r < M; ++r) {
-    float* sr = s + r * n;
-    float bm = kNegInf;
-    for (int64_t j = 0; j < n; ++j)
-      if (!mask || mask[j]) bm = std::max(bm, sr[j]);
-    if (bm == kNegInf) {  // no real key in this block
-      std::fill(sr, sr + n, 0.0f);
-      continue;
-    }
-    const float mn = std::max(m[r], bm);
-    const float scale = std::exp(m[r] - mn);  // 0 on the first real block
-    if (scale != 1.0f) {
-      l[r] *= scale;
-      float* ar = acc + r * acc_ld;
-      for (int64_t i = 0; i < D; ++i) ar[i] *= scale;
-    }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-      const float p = (!mask || mask[j]) ? std::exp(sr[j] - mn) : 0.0f;
-      sr[j] = p;
-      sum += p;
-    }
-    l[r] += static_cast<float>(sum);
-    m[r] = mn;
-  }
-  if (M == 1) {  // decode: a GEMV streams V without packing it
-    std::vector<float> tmp(static_cast<size_t>(D));
-    kernels::gemv(true, n, D, 1.0f, V, v_ld, s, tmp.data());
-    for (int64_t i = 0; i < D; ++i) acc[i] += tmp[static_cast<size_t>(i)];
-  } else {
-    kernels::gemm(false, false, M, D, n, 1.0f, s, n, V, v_ld, 1.0f, acc, acc_ld);
-  }
-}
-
-void normalise_rows(float* acc, int64_t M, int64_t acc_ld, const float* l, int64_t D) {
-  for (int64_t r = 0; r < M; ++r) {
-    const float inv = 1.0f / l[r];
-    for (int64_t i = 0; i < D; ++i) acc[r * acc_ld + i] *= inv;
-  }
 }
 
 bool any_key(const uint8_t* mask, int64_t K) {
@@ -142,12 +98,12 @@ void projected(const Shapes& s, const CrossAttentionWeights& w, const Tensor& ph
           kernels::gemv(false, n, s.hd, s.scale, kb + g * s.hd, s.kvd, qh, sc.data());
         else
           kernels::gemm(false, true, s.T, n, s.hd, s.scale, qh, s.qd, kb + g * s.hd, s.kvd, 0.0f, sc.data(), n);
-        online_softmax_block(sc.data(), s.T, n, mb, m.data() + h * s.T, l.data() + h * s.T, acc + h * s.hd, s.qd,
+        kernels::online_softmax_block(sc.data(), s.T, n, mb, m.data() + h * s.T, l.data() + h * s.T, acc + h * s.hd, s.qd,
                              vb + g * s.hd, s.kvd, s.hd);
       }
     }
   }
-  for (int64_t h = 0; h < s.Hq; ++h) normalise_rows(acc + h * s.hd, s.T, s.qd, l.data() + h * s.T, s.hd);
+  for (int64_t h = 0; h < s.Hq; ++h) kernels::online_softmax_finish(acc + h * s.hd, s.T, s.qd, l.data() + h * s.T, s.hd);
 }
 
 // Absorbed: per head, q' = W_k,gᵀ q (folded into encoder space), scores q'·φ_j, u = Σ a_j φ_j, out = W_v,g u.
@@ -258,7 +214,7 @@ void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, siz
   }
   const double strategy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   kernels::linear(att.f32(), BT, s.qd, w.o, xn.f32());
-  for (int64_t i = 0; i < BT * d; ++i) h[i] += xn.f32()[i];
+  kernels::add_inplace(h, xn.f32(), BT * d);
   if (in.stats) {
     // Multiply-adds counted as 2 FLOPs: the strategy's work over the K keys.
     const double T = static_cast<double>(BT), K = static_cast<double>(s.K) * static_cast<double>(batch);

@@ -68,11 +68,6 @@ kernels::AttentionArgs head_args(const LlamaConfig& cfg, const float* q, float* 
   return a;
 }
 
-void add_inplace(float* h, const float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) h[i] += x[i];
-}
-
 // h += SelfAttn(RMSNorm(h)), appending this call's K/V to the cache when there is one.
 void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer, const TrunkCall& call,
                     const kernels::Rope& rope, float* h) {
@@ -114,7 +109,7 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
   kernels::attention(a);
   Tensor o = std::move(q);  // reuse: o_proj output has width d, q has width qd == d
   kernels::linear(att.f32(), BT, qd, lw.self_attn.o, o.f32());
-  add_inplace(h, o.f32(), BT * d);
+  kernels::add_inplace(h, o.f32(), BT * d);
 }
 
 void mlp(const LlamaConfig& cfg, const LayerWeights& lw, int64_t BT, float* h) {
@@ -125,7 +120,7 @@ void mlp(const LlamaConfig& cfg, const LayerWeights& lw, int64_t BT, float* h) {
   kernels::linear(xn.f32(), BT, d, lw.up, u.f32());
   kernels::swiglu(g.f32(), u.f32(), BT * ff);
   kernels::linear(g.f32(), BT, ff, lw.down, xn.f32());
-  add_inplace(h, xn.f32(), BT * d);
+  kernels::add_inplace(h, xn.f32(), BT * d);
 }
 
 }  // namespace

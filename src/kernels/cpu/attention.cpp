@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/softmax.h"
 
 namespace cepe::kernels {
 
@@ -13,54 +14,51 @@ namespace {
 
 constexpr int64_t kQueryBlock = 64;
 
-// Turns one row of raw scores into softmax weights over the allowed keys (those before `limit` with a set
-// mask bit). Returns false, with zero weights, when no key is allowed.
-bool masked_softmax_row(float* s, int64_t limit, int64_t n, const uint8_t* mask) {
-  float m = -std::numeric_limits<float>::infinity();
-  bool any = false;
-  for (int64_t j = 0; j < limit; ++j) {
-    if (mask && !mask[j]) continue;
-    any = true;
-    m = std::max(m, s[j]);
-  }
-  if (!any) {
-    std::fill(s, s + n, 0.0f);
-    return false;
-  }
-  double sum = 0.0;
-  for (int64_t j = 0; j < limit; ++j) {
-    if (mask && !mask[j]) { s[j] = 0.0f; continue; }
-    s[j] = std::exp(s[j] - m);
-    sum += s[j];
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t j = 0; j < limit; ++j) s[j] *= inv;
-  for (int64_t j = limit; j < n; ++j) s[j] = 0.0f;
-  return true;
+// Keys query row t (0-based in the call) may see: the causal limit (all keys when not causal).
+template <class T>
+int64_t key_limit(const AttentionArgsT<T>& a, int64_t t) {
+  return a.causal ? std::min(a.kv_len, a.causal_offset + t + 1) : a.kv_len;
 }
 
-// A query with no allowed key. The reference adds finfo.min for the padding mask and for the causal mask,
-// so a key masked by both sums to -inf while a key masked by exactly one stays at finfo.min: the row
-// averages V uniformly over the keys masked exactly once (its padded causal range plus the real keys after
-// it; all keys when not causal).
-void fully_masked_row(const AttentionArgs& a, const float* v, const uint8_t* mask, int64_t limit, float* out) {
-  std::fill(out, out + a.head_dim, 0.0f);
+template <class T>
+bool has_allowed_key(const uint8_t* mask, int64_t limit) {
+  if (!mask) return limit > 0;
+  for (int64_t j = 0; j < limit; ++j)
+    if (mask[j]) return true;
+  return false;
+}
+
+// The keys a query with no allowed key averages over (see attention.h): the reference adds finfo.min for the
+// padding mask and for the causal mask, so a key masked by both sums to -inf while a key masked by exactly
+// one stays at finfo.min. Calls f(j) for each, returns their count.
+template <class F>
+int64_t for_each_masked_once(int64_t kv_len, const uint8_t* mask, int64_t limit, F f) {
   int64_t count = 0;
-  for (int64_t j = 0; j < a.kv_len; ++j) {
+  for (int64_t j = 0; j < kv_len; ++j) {
     const bool valid = !mask || mask[j];
     if ((j < limit) == valid) continue;  // allowed (impossible here) or masked twice
-    const float* vr = v + j * a.kv_stride;
-    for (int64_t i = 0; i < a.head_dim; ++i) out[i] += vr[i];
+    f(j);
     ++count;
   }
+  return count;
+}
+
+template <class T>
+void fully_masked_row(const AttentionArgsT<T>& a, const T* v, const uint8_t* mask, int64_t limit, T* out) {
+  std::fill(out, out + a.head_dim, T(0));
+  const int64_t count = for_each_masked_once(a.kv_len, mask, limit, [&](int64_t j) {
+    const T* vr = v + j * a.kv_stride;
+    for (int64_t i = 0; i < a.head_dim; ++i) out[i] += vr[i];
+  });
   if (count == 0) return;
-  const float inv = 1.0f / static_cast<float>(count);
+  const T inv = T(1) / static_cast<T>(count);
   for (int64_t i = 0; i < a.head_dim; ++i) out[i] *= inv;
 }
 
 }  // namespace
 
-void attention(const AttentionArgs& a) {
+template <class T>
+void attention(const AttentionArgsT<T>& a) {
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t q_blocks = (a.q_len + kQueryBlock - 1) / kQueryBlock;
   const int64_t work = a.batch * a.q_heads * q_blocks;
@@ -68,7 +66,7 @@ void attention(const AttentionArgs& a) {
   const bool parallel = work > 1 && work * a.kv_len * a.head_dim > (1 << 16);
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> scores;
+    std::vector<T> scores;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < work; ++w) {
       const int64_t qb = w % q_blocks;
@@ -79,37 +77,120 @@ void attention(const AttentionArgs& a) {
       const int64_t rows = t1 - t0;
       // Keys beyond the last query's causal limit are never needed.
       const int64_t n = a.causal ? std::min(a.kv_len, a.causal_offset + t1) : a.kv_len;
-      if (n <= 0) continue;
+      T* lse = a.lse ? a.lse + (b * a.q_heads + h) * a.q_len + t0 : nullptr;
+      if (n <= 0) {
+        if (lse) std::fill(lse, lse + rows, std::numeric_limits<T>::quiet_NaN());
+        continue;
+      }
       scores.resize(static_cast<size_t>(rows * n));
-      const float* q = a.q + (b * a.q_len + t0) * a.q_stride + h * a.head_dim;
-      const float* k = a.k + b * a.kv_batch_stride + g * a.head_dim;
-      const float* v = a.v + b * a.kv_batch_stride + g * a.head_dim;
-      float* out = a.out + (b * a.q_len + t0) * a.out_stride + h * a.head_dim;
+      const T* q = a.q + (b * a.q_len + t0) * a.q_stride + h * a.head_dim;
+      const T* k = a.k + b * a.kv_batch_stride + g * a.head_dim;
+      const T* v = a.v + b * a.kv_batch_stride + g * a.head_dim;
+      T* out = a.out + (b * a.q_len + t0) * a.out_stride + h * a.head_dim;
       const bool one_row = rows == 1;  // decode: GEMV, which streams K/V without packing them
       if (one_row)
         gemv(false, n, a.head_dim, a.scale, k, a.kv_stride, q, scores.data());
       else
-        gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, 0.0f, scores.data(), n);
+        gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, T(0), scores.data(), n);
       const uint8_t* mask = a.key_mask ? a.key_mask + b * a.mask_batch_stride : nullptr;
       bool any_fully_masked = false;
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t limit = a.causal ? std::min(n, a.causal_offset + t0 + r + 1) : n;
-        any_fully_masked |= !masked_softmax_row(scores.data() + r * n, limit, n, mask);
+        const int64_t limit = std::min(n, key_limit(a, t0 + r));
+        const bool ok = masked_softmax_row(scores.data() + r * n, limit, n, mask, lse ? lse + r : nullptr);
+        if (!ok && lse) lse[r] = std::numeric_limits<T>::quiet_NaN();
+        any_fully_masked |= !ok;
       }
       if (one_row)
-        gemv(true, n, a.head_dim, 1.0f, v, a.kv_stride, scores.data(), out);
+        gemv(true, n, a.head_dim, T(1), v, a.kv_stride, scores.data(), out);
       else
-        gemm(false, false, rows, a.head_dim, n, 1.0f, scores.data(), n, v, a.kv_stride, 0.0f, out, a.out_stride);
+        gemm(false, false, rows, a.head_dim, n, T(1), scores.data(), n, v, a.kv_stride, T(0), out, a.out_stride);
       if (any_fully_masked) {
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t limit = a.causal ? std::min(a.kv_len, a.causal_offset + t0 + r + 1) : a.kv_len;
-          bool any = false;
-          for (int64_t j = 0; j < limit && !any; ++j) any = !mask || mask[j];
-          if (!any) fully_masked_row(a, v, mask, limit, out + r * a.out_stride);
+          const int64_t limit = key_limit(a, t0 + r);
+          if (!has_allowed_key<T>(mask, limit)) fully_masked_row(a, v, mask, limit, out + r * a.out_stride);
         }
       }
     }
   }
 }
+
+template <class T>
+void attention_backward(const AttentionArgsT<T>& a, const T* dout, int64_t dout_stride, T* dq, T* dk, T* dv) {
+  const int64_t group = a.q_heads / a.kv_heads;
+  // The heads of one KV group write the same dK/dV rows: a task is one (batch row, KV group), its heads and
+  // query blocks in order, so the sums are race-free and deterministic.
+  const int64_t work = a.batch * a.kv_heads;
+  const bool parallel = work > 1 && work * a.q_len * a.kv_len * a.head_dim > (1 << 16);
+#pragma omp parallel if (parallel)
+  {
+    std::vector<T> p, dp, rowdot;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < work; ++w) {
+      const int64_t b = w / a.kv_heads, g = w % a.kv_heads;
+      const T* k = a.k + b * a.kv_batch_stride + g * a.head_dim;
+      const T* v = a.v + b * a.kv_batch_stride + g * a.head_dim;
+      T* dkb = dk + b * a.kv_batch_stride + g * a.head_dim;
+      T* dvb = dv + b * a.kv_batch_stride + g * a.head_dim;
+      const uint8_t* mask = a.key_mask ? a.key_mask + b * a.mask_batch_stride : nullptr;
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        for (int64_t t0 = 0; t0 < a.q_len; t0 += kQueryBlock) {
+          const int64_t t1 = std::min(a.q_len, t0 + kQueryBlock), rows = t1 - t0;
+          const int64_t n = a.causal ? std::min(a.kv_len, a.causal_offset + t1) : a.kv_len;
+          if (n <= 0) continue;
+          const T* q = a.q + (b * a.q_len + t0) * a.q_stride + h * a.head_dim;
+          const T* o = a.out + (b * a.q_len + t0) * a.out_stride + h * a.head_dim;
+          const T* go = dout + (b * a.q_len + t0) * dout_stride + h * a.head_dim;
+          T* gq = dq + (b * a.q_len + t0) * a.q_stride + h * a.head_dim;
+          const T* lse = a.lse + (b * a.q_heads + h) * a.q_len + t0;
+          p.resize(static_cast<size_t>(rows * n));
+          dp.resize(static_cast<size_t>(rows * n));
+          rowdot.resize(static_cast<size_t>(rows));
+          // P = exp(scale·QKᵀ − lse) over the allowed keys; dP = dO·Vᵀ; D = rowsum(dO ∘ O).
+          gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, T(0), p.data(), n);
+          gemm(false, true, rows, n, a.head_dim, T(1), go, dout_stride, v, a.kv_stride, T(0), dp.data(), n);
+          for (int64_t r = 0; r < rows; ++r) {
+            T* pr = p.data() + r * n;
+            T* dr = dp.data() + r * n;
+            const int64_t limit = std::min(n, key_limit(a, t0 + r));
+            if (std::isnan(lse[r])) {
+              // No allowed key: out = mean of V over the keys masked exactly once, independent of Q and K.
+              std::fill(pr, pr + n, T(0));
+              std::fill(dr, dr + n, T(0));
+              const T* gor = go + r * dout_stride;
+              const int64_t full = key_limit(a, t0 + r);
+              std::vector<int64_t> keys;
+              const int64_t count = for_each_masked_once(a.kv_len, mask, full, [&](int64_t j) { keys.push_back(j); });
+              for (int64_t j : keys) {
+                T* dvr = dvb + j * a.kv_stride;
+                for (int64_t i = 0; i < a.head_dim; ++i) dvr[i] += gor[i] / static_cast<T>(count);
+              }
+              continue;
+            }
+            double dot = 0.0;
+            for (int64_t i = 0; i < a.head_dim; ++i)
+              dot += static_cast<double>(go[r * dout_stride + i]) * o[r * a.out_stride + i];
+            const T D = static_cast<T>(dot);
+            for (int64_t j = 0; j < n; ++j) {
+              const bool allowed = j < limit && (!mask || mask[j]);
+              const T pj = allowed ? std::exp(pr[j] - lse[r]) : T(0);
+              pr[j] = pj;
+              dr[j] = pj * (dr[j] - D);  // dS (before the scale)
+            }
+          }
+          // dV += Pᵀ·dO; dQ += scale·dS·K; dK += scale·dSᵀ·Q.
+          gemm(true, false, n, a.head_dim, rows, T(1), p.data(), n, go, dout_stride, T(1), dvb, a.kv_stride);
+          gemm(false, false, rows, a.head_dim, n, a.scale, dp.data(), n, k, a.kv_stride, T(1), gq, a.q_stride);
+          gemm(true, false, n, a.head_dim, rows, a.scale, dp.data(), n, q, a.q_stride, T(1), dkb, a.kv_stride);
+        }
+      }
+    }
+  }
+}
+
+template void attention<float>(const AttentionArgsT<float>&);
+template void attention<double>(const AttentionArgsT<double>&);
+template void attention_backward<float>(const AttentionArgsT<float>&, const float*, int64_t, float*, float*, float*);
+template void attention_backward<double>(const AttentionArgsT<double>&, const double*, int64_t, double*, double*,
+                                         double*);
 
 }  // namespace cepe::kernels

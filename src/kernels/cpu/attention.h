@@ -1,17 +1,19 @@
 #pragma once
-// Scaled dot-product attention over strided Q/K/V rows, with GQA, a causal option and a key padding mask.
+// Scaled dot-product attention over strided Q/K/V rows, with GQA, a causal option and a key padding mask;
+// forward and backward side by side (the backward recomputes the scores from Q, K and the saved log-sum-exp).
 #include <cstdint>
 
 namespace cepe::kernels {
 
-struct AttentionArgs {
+template <class T>
+struct AttentionArgsT {
   // q/out row (b, t) starts at q + (b*T + t) * q_stride; head h at + h*head_dim.
-  const float* q = nullptr;
-  float* out = nullptr;
+  const T* q = nullptr;
+  T* out = nullptr;
   int64_t q_stride = 0, out_stride = 0;
   // k/v row (b, j) starts at k + b * kv_batch_stride + j * kv_stride; KV head g at + g*head_dim.
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const T* k = nullptr;
+  const T* v = nullptr;
   int64_t kv_stride = 0, kv_batch_stride = 0;
   int64_t batch = 0, q_len = 0, kv_len = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
   // key_mask[b * mask_batch_stride + j] != 0 means key j may be attended; null means all keys.
@@ -20,12 +22,23 @@ struct AttentionArgs {
   // Causal: query t sits at key index causal_offset + t and sees keys up to it.
   bool causal = false;
   int64_t causal_offset = 0;
-  float scale = 1.0f;
+  T scale = 1;
+  // Optional output [batch, q_heads, q_len]: each row's log-sum-exp of the scaled scores, which is all the
+  // backward needs besides Q, K, V and the output (NaN for a row with no allowed key).
+  T* lse = nullptr;
 };
+using AttentionArgs = AttentionArgsT<float>;
 
 // Softmax over the allowed keys (causal range ∩ mask). A query with no allowed key (a padded position)
 // gets what the reference's additive finfo.min masks give it: the uniform average of V over the keys masked
 // exactly once — its padded causal range and the real keys after it (all keys when not causal).
-void attention(const AttentionArgs& a);
+template <class T>
+void attention(const AttentionArgsT<T>& a);
+
+// Gradients of attention(a) given dout (laid out like out, row stride dout_stride), a.out and a.lse from the
+// forward: dq (laid out like q) and dk/dv (laid out like k/v) are accumulated into (the caller zeroes them).
+// The uniform average of a query with no allowed key passes its gradient to those keys' values only.
+template <class T>
+void attention_backward(const AttentionArgsT<T>& a, const T* dout, int64_t dout_stride, T* dq, T* dk, T* dv);
 
 }  // namespace cepe::kernels

@@ -24,6 +24,49 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
 }
 
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0 ? 0.0 : beta * C[i * ldc + j];
+    return;
+  }
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
+              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
+void gemv(bool trans, int64_t M, int64_t N, double alpha, const double* A, int64_t lda, const double* x, double* y) {
+  if (M == 0 || N == 0) {
+    if (trans) std::fill(y, y + N, 0.0);
+    else std::fill(y, y + M, 0.0);
+    return;
+  }
+  cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha,
+              A, static_cast<blasint>(lda), x, 1, 0.0, y, 1);
+}
+
+template <class T>
+void linear_backward(const T* x, const T* dy, int64_t M, int64_t K, int64_t N, const T* W, T* dx, bool accumulate_dx,
+                     T* dW) {
+  if (dx) gemm(false, false, M, K, N, T(1), dy, N, W, K, accumulate_dx ? T(1) : T(0), dx, K);
+  if (dW) gemm(true, false, N, K, M, T(1), dy, N, x, K, T(1), dW, K);
+}
+template void linear_backward<float>(const float*, const float*, int64_t, int64_t, int64_t, const float*, float*, bool,
+                                     float*);
+template void linear_backward<double>(const double*, const double*, int64_t, int64_t, int64_t, const double*, double*,
+                                      bool, double*);
+
+void linear_backward(const float* x, const float* dy, int64_t M, int64_t K, const Tensor& W, float* dx,
+                     bool accumulate_dx, float* dW) {
+  check(W.rank() == 2 && W.dim(1) == K && W.dtype() == DType::F32, [&] {
+    return "linear_backward: weight " + shape_str(W.shape()) + " " + dtype_name(W.dtype()) +
+           " is not an F32 matrix taking inputs of width " + std::to_string(K);
+  });
+  linear_backward(x, dy, M, K, W.dim(0), W.data<float>(), dx, accumulate_dx, dW);
+}
+
 void gemv(bool trans, int64_t M, int64_t N, float alpha, const float* A, int64_t lda, const float* x, float* y) {
   if (M == 0 || N == 0) {
     if (trans) std::fill(y, y + N, 0.0f);

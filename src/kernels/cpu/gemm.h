@@ -15,9 +15,25 @@ void linear(const float* x, int64_t M, int64_t K, const Tensor& W, float* y, boo
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// The same in f64: the training kernels are templates, and their f64 builds are what the finite-difference
+// tests check.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+
 // Row-major f32 GEMV: y = alpha * op(A) x, A: [M, N] with leading dimension lda; op(A) = Aᵀ when trans
 // (then x has M entries and y has N).
 void gemv(bool trans, int64_t M, int64_t N, float alpha, const float* A, int64_t lda, const float* x, float* y);
+void gemv(bool trans, int64_t M, int64_t N, double alpha, const double* A, int64_t lda, const double* x, double* y);
+
+// Backward of y[M, N] = x[M, K] · W[N, K]ᵀ (a dense row-major W): dx = dy · W (added to dx when
+// accumulate_dx), dW += dyᵀ · x. Either output may be null when it is not needed (a frozen weight, or
+// nothing trainable below).
+template <class T>
+void linear_backward(const T* x, const T* dy, int64_t M, int64_t K, int64_t N, const T* W, T* dx, bool accumulate_dx,
+                     T* dW);
+// dx and dW of linear() for an F32 weight tensor (the training path keeps f32 master weights).
+void linear_backward(const float* x, const float* dy, int64_t M, int64_t K, const Tensor& W, float* dx,
+                     bool accumulate_dx, float* dW);
 
 // Sets the thread count of both OpenMP and the BLAS (no oversubscription). n <= 0 keeps the default.
 void set_num_threads(int n);

@@ -29,12 +29,13 @@ Rope Rope::make(const LlamaConfig& cfg, int64_t seq_len) {
   return r;
 }
 
-void apply_rope(float* x, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos,
-                const Rope& rope) {
+template <class T>
+void apply_rope(T* x, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos, const Rope& rope,
+                bool inverse) {
   const int64_t half = d / 2;
 #pragma omp parallel if (rows * heads * d > 65536)
   {
-    std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+    std::vector<T> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       float t = static_cast<float>(pos[r]);
@@ -42,12 +43,13 @@ void apply_rope(float* x, int64_t rows, int64_t heads, int64_t d, int64_t row_st
       for (int64_t i = 0; i < half; ++i) {
         const float ang = t * rope.inv_freq[static_cast<size_t>(i)];
         c[static_cast<size_t>(i)] = std::cos(ang);
-        s[static_cast<size_t>(i)] = std::sin(ang);
+        // The tables are f32, as the reference's; the f64 build only widens them.
+        s[static_cast<size_t>(i)] = inverse ? -std::sin(ang) : std::sin(ang);
       }
       for (int64_t h = 0; h < heads; ++h) {
-        float* v = x + r * row_stride + h * d;
+        T* v = x + r * row_stride + h * d;
         for (int64_t i = 0; i < half; ++i) {
-          const float a = v[i], b = v[i + half];
+          const T a = v[i], b = v[i + half];
           v[i] = a * c[static_cast<size_t>(i)] - b * s[static_cast<size_t>(i)];
           v[i + half] = b * c[static_cast<size_t>(i)] + a * s[static_cast<size_t>(i)];
         }
@@ -55,5 +57,8 @@ void apply_rope(float* x, int64_t rows, int64_t heads, int64_t d, int64_t row_st
     }
   }
 }
+
+template void apply_rope<float>(float*, int64_t, int64_t, int64_t, int64_t, const int64_t*, const Rope&, bool);
+template void apply_rope<double>(double*, int64_t, int64_t, int64_t, int64_t, const int64_t*, const Rope&, bool);
 
 }  // namespace cepe::kernels

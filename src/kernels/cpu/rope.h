@@ -17,8 +17,15 @@ struct Rope {
   static Rope make(const LlamaConfig& cfg, int64_t seq_len);
 };
 
-// x: [rows, heads, d] with row stride `row_stride` floats; pos: [rows]. Rotates in place.
-void apply_rope(float* x, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos,
-                const Rope& rope);
+// x: [rows, heads, d] with row stride `row_stride` elements; pos: [rows]. Rotates in place. The rotation is
+// orthogonal, so its backward is the inverse rotation (`inverse`), applied to the gradient.
+template <class T>
+void apply_rope(T* x, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos, const Rope& rope,
+                bool inverse = false);
+template <class T>
+void apply_rope_backward(T* dx, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos,
+                         const Rope& rope) {
+  apply_rope(dx, rows, heads, d, row_stride, pos, rope, true);
+}
 
 }  // namespace cepe::kernels
