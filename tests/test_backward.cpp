@@ -137,6 +137,12 @@ TEST(Backward, Embedding) {
   kernels::embedding_backward(r.data(), ids.data(), n, d, dt.data());
   expect_gradient(table, dt, f, r, "embedding dtable");
   for (int64_t i = 0; i < d; ++i) EXPECT_EQ(dt[static_cast<size_t>(2 * d + i)], 0.0);  // id 2 is never used
+  // padding_idx: lookups of that id pass no gradient to its row.
+  Vec dp(V * d, 0.0);
+  kernels::embedding_backward(r.data(), ids.data(), n, d, dp.data(), 3);
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t i = 0; i < d; ++i)
+      EXPECT_EQ(dp[static_cast<size_t>(v * d + i)], v == 3 ? 0.0 : dt[static_cast<size_t>(v * d + i)]);
 }
 
 TEST(Backward, RopeIsItsInverseRotation) {

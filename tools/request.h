@@ -20,4 +20,20 @@ struct Request {
 
 Request read_request(const std::string& path);
 
+// `cepe grad`'s request: the forward request plus labels [bsz][seq] (-100 = ignored) and the optional CEPED
+// fields (distill_index [bsz][T][k], distill_prob [bsz][T][k+1], lm_loss_cof, kl_loss_cof, kl_loss_mode).
+struct GradRequest {
+  Request forward;
+  std::vector<int64_t> labels;
+  // Distillation (absent: no KL).
+  int64_t distill_len = 0, distill_k = 0;
+  std::vector<int32_t> distill_index;
+  std::vector<float> distill_prob;
+  // Coefficients and mode, when the request gives them (otherwise the model's config.json decides).
+  std::optional<double> lm_loss_cof, kl_loss_cof;
+  std::optional<std::string> kl_loss_mode;
+};
+
+GradRequest read_grad_request(const std::string& path);
+
 }  // namespace cepe::cli

@@ -41,8 +41,15 @@ struct LlamaConfig {
 
 enum class EncodeMode { ContextOnly, WithQuery, WithQueryNoHid };
 
+// `architectures[0]` of config.json: the CEPE model (LlamaForCausalContextLM, the default), a plain LLaMA
+// decoder (LlamaForCausalLM: decoder pretraining) or the reference's MLM encoder (LlamaForMLM: bidirectional
+// trunk + head, for encoder pretraining).
+enum class Architecture { CausalContextLM, CausalLM, MaskedLM };
+const char* architecture_name(Architecture a);  // the HF class name
+
 struct CepeConfig {
-  LlamaConfig decoder;
+  Architecture architecture = Architecture::CausalContextLM;
+  LlamaConfig decoder;  // the decoder, or the MLM model's trunk
   // The separate encoder (absent when encoder_is_model or when the model has no cross-attention).
   bool has_encoder = false;
   LlamaConfig encoder;

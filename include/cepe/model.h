@@ -76,9 +76,15 @@ struct ContextChunks {
   std::vector<uint8_t> mask;
 };
 
+struct LoadOptions {
+  // Every weight as a writable f32 copy (training keeps f32 master weights); otherwise matrices stay
+  // memory-mapped in the file's dtype.
+  bool owned_f32 = false;
+};
+
 class CepeModel {
  public:
-  static std::shared_ptr<CepeModel> load(const std::string& dir);
+  static std::shared_ptr<CepeModel> load(const std::string& dir, const LoadOptions& options = {});
   ~CepeModel();
 
   const CepeConfig& config() const;
@@ -121,6 +127,7 @@ class CepeModel {
  private:
   CepeModel();
   std::unique_ptr<ModelImpl> impl_;
+  friend ModelImpl& model_impl(const CepeModel& m);  // the model layer's view (src/model/model_impl.h)
 };
 
 }  // namespace cepe

@@ -10,22 +10,15 @@
 #include "cepe/kv_cache.h"
 #include "model/transformer.h"
 #include "model/weight_store.h"
+#include "model/model_impl.h"
+#include "model/heads.h"
 
 namespace cepe {
-
-struct ModelImpl {
-  std::string dir;
-  CepeConfig cfg;
-  WeightStore store;
-  TrunkWeights decoder;
-  TrunkWeights encoder;  // empty when encoder_is_model or no encoder
-  Tensor lm_head;        // [V, hidden]; the embedding matrix when tied
-};
 
 CepeModel::CepeModel() = default;
 CepeModel::~CepeModel() = default;
 
-std::shared_ptr<CepeModel> CepeModel::load(const std::string& dir) {
+std::shared_ptr<CepeModel> CepeModel::load(const std::string& dir, const LoadOptions& opt) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) throw Error(dir + ": model directory not found");
   std::shared_ptr<CepeModel> m(new CepeModel());
@@ -34,22 +27,19 @@ std::shared_ptr<CepeModel> CepeModel::load(const std::string& dir) {
   im.dir = dir;
   im.cfg = load_cepe_config((fs::path(dir) / "config.json").string());
   im.store = WeightStore::open(dir);
-  const CepeConfig& c = im.cfg;
-
-  std::vector<bool> cross(static_cast<size_t>(c.decoder.num_hidden_layers));
-  for (int64_t i = 0; i < c.decoder.num_hidden_layers; ++i) cross[static_cast<size_t>(i)] = c.has_cross(i);
-  im.decoder = load_trunk(im.store, "model.", c.decoder, cross, c.encoder_hidden_size);
-  if (c.has_encoder && c.do_cross_attention && c.num_cross_attn_layers > 0) {
-    im.encoder = load_trunk(im.store, "encoder.", c.encoder,
-                            std::vector<bool>(static_cast<size_t>(c.encoder.num_hidden_layers), false), 0);
+  for (const TensorEntry& e : model_tensors(im.cfg, &im.weights)) {
+    // Norm vectors and biases are small: converted to f32 once (and checked for NaN). Matrices stay mapped
+    // in the file's dtype unless the caller wants writable f32 copies (training).
+    const bool small = e.role == TensorRole::Norm || e.role == TensorRole::Bias;
+    if (small) *e.slot = im.store.get_f32(e.name, e.shape);
+    else if (opt.owned_f32) *e.slot = im.store.get(e.name, e.shape).to(DType::F32);
+    else *e.slot = im.store.get(e.name, e.shape);
+    // Tied weights (HF ties lm_head to embed_tokens; save_pretrained usually drops the copy): a stored copy
+    // must have the right shape, and is otherwise ignored.
+    for (const std::string& alias : e.aliases)
+      if (im.store.has(alias)) im.store.get(alias, e.shape);
   }
-  // Tied embeddings: HF ties lm_head to embed_tokens and save_pretrained drops lm_head.weight.
-  if (c.decoder.tie_word_embeddings) {
-    im.lm_head = im.decoder.embed;
-    if (im.store.has("lm_head.weight")) im.store.get("lm_head.weight", {c.decoder.vocab_size, c.decoder.hidden_size});
-  } else {
-    im.lm_head = im.store.get("lm_head.weight", {c.decoder.vocab_size, c.decoder.hidden_size});
-  }
+  bind_tied(im.cfg, im.weights);
   std::vector<std::string> extra;
   for (const std::string& n : im.store.unused())
     if (n.find("rotary_emb.inv_freq") == std::string::npos) extra.push_back(n);
@@ -66,7 +56,7 @@ bool CepeModel::has_context_encoder() const {
   return c.do_cross_attention && c.num_cross_attn_layers > 0;
 }
 
-static void check_ids(const int32_t* ids, int64_t n, int64_t vocab, const std::string& what) {
+void check_ids(const int32_t* ids, int64_t n, int64_t vocab, const std::string& what) {
   for (int64_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= vocab)
       throw Error(what + ": token id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
@@ -81,6 +71,56 @@ void CepeModel::check_encoder_ids(const int32_t* ids, int64_t n, const std::stri
   check_ids(ids, n, impl_->cfg.encoder_trunk().vocab_size, what);
 }
 
+EncoderLayout encoder_layout(const CepeConfig& c, const ContextChunks& ch, const int32_t* query_ids,
+                             int64_t query_stride) {
+  EncoderLayout lay;
+  lay.batch = ch.batch;
+  lay.n_ctx = ch.n_ctx;
+  lay.ctx_len = ch.ctx_len;
+  check(lay.batch > 0 && lay.n_ctx > 0 && lay.ctx_len > 0, "context chunks: empty [batch, n_ctx, ctx_len]");
+  const int64_t total = lay.batch * lay.n_ctx * lay.ctx_len;
+  check(static_cast<int64_t>(ch.ids.size()) == total && static_cast<int64_t>(ch.mask.size()) == total,
+        "context chunks: ids/mask sizes do not match [batch, n_ctx, ctx_len]");
+  check_ids(ch.ids.data(), total, c.encoder_trunk().vocab_size, "encoder_input_ids");
+  // with_query modes: append the first N decoder tokens (and their mask) to every chunk before encoding.
+  const bool with_query = c.encode_mode != EncodeMode::ContextOnly;
+  lay.query = with_query ? c.encode_query_tokens : 0;
+  if (with_query) {
+    check(query_ids != nullptr, "encode_mode " + c.encode_mode_name + " needs the decoder input");
+    check(lay.query <= query_stride, [&] {
+      return "encode_mode " + c.encode_mode_name + ": query length " + std::to_string(lay.query) +
+             " is longer than input_ids (" + std::to_string(query_stride) + " tokens)";
+    });
+  }
+  lay.len = lay.ctx_len + lay.query;
+  lay.rows = lay.batch * lay.n_ctx;
+  // with_query_no_hid: drop the query positions again and keep the original chunk mask.
+  lay.keep = c.encode_mode == EncodeMode::WithQueryNoHid ? lay.ctx_len : lay.len;
+  return lay;
+}
+
+void fill_encoder_rows(const EncoderLayout& lay, const ContextChunks& ch, const int32_t* query_ids,
+                       const uint8_t* query_mask, int64_t query_stride, int64_t r0, int64_t count, int32_t* ids,
+                       uint8_t* mask, int64_t* pos) {
+  const int64_t len = lay.ctx_len, L = lay.len;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t r = r0 + i, b = r / lay.n_ctx;
+    std::copy(ch.ids.begin() + r * len, ch.ids.begin() + (r + 1) * len, ids + i * L);
+    std::copy(ch.mask.begin() + r * len, ch.mask.begin() + (r + 1) * len, mask + i * L);
+    for (int64_t t = 0; t < lay.query; ++t) {
+      ids[i * L + len + t] = query_ids[b * query_stride + t];
+      mask[i * L + len + t] = query_mask ? query_mask[b * query_stride + t] : 1;
+    }
+    for (int64_t t = 0; t < L; ++t) pos[i * L + t] = t;  // positions restart per chunk
+  }
+}
+
+int64_t cross_state_entry(const CepeConfig& c, int64_t layer, int64_t entries) {
+  // Spec §1.6: layer i reads entry [i - L] (Python negative index, clamped at -L) of the E+1 entries.
+  const int64_t L = c.decoder.num_hidden_layers;
+  return entries == 1 ? 0 : entries + std::max(layer - L, -L);
+}
+
 EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_ids, const uint8_t* query_mask,
                                  int64_t query_stride, const EncodeOptions& opt) const {
   const ModelImpl& im = *impl_;
@@ -88,26 +128,11 @@ EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_i
   check(has_context_encoder(), im.dir + ": this model has no cross-attention layers, so it cannot read a context");
   check(opt.state_dtype == DType::F32 || opt.state_dtype == DType::BF16,
         std::string("context states must be stored as F32 or BF16, not ") + dtype_name(opt.state_dtype));
-  const int64_t B = ch.batch, n = ch.n_ctx, len = ch.ctx_len;
-  check(B > 0 && n > 0 && len > 0, "context chunks: empty [batch, n_ctx, ctx_len]");
-  check(static_cast<int64_t>(ch.ids.size()) == B * n * len && static_cast<int64_t>(ch.mask.size()) == B * n * len,
-        "context chunks: ids/mask sizes do not match [batch, n_ctx, ctx_len]");
-  check_encoder_ids(ch.ids.data(), B * n * len, "encoder_input_ids");
-
-  // with_query modes: append the first N decoder tokens (and their mask) to every chunk before encoding.
-  const bool with_query = c.encode_mode != EncodeMode::ContextOnly;
-  const int64_t nq = with_query ? c.encode_query_tokens : 0;
-  if (with_query) {
-    check(query_ids != nullptr, "encode_mode " + c.encode_mode_name + " needs the decoder input");
-    check(nq <= query_stride, "encode_mode " + c.encode_mode_name + ": query length " + std::to_string(nq) +
-                                  " is longer than input_ids (" + std::to_string(query_stride) + " tokens)");
-  }
-  const int64_t L = len + nq, rows = B * n;
-  // with_query_no_hid: drop the query positions again and keep the original chunk mask.
-  const int64_t keep = c.encode_mode == EncodeMode::WithQueryNoHid ? len : L;
+  const EncoderLayout lay = encoder_layout(c, ch, query_ids, query_stride);
+  const int64_t B = lay.batch, n = lay.n_ctx, L = lay.len, rows = lay.rows, keep = lay.keep;
   const bool all_entries = c.num_cross_attn_hidden_states > 1;
   const LlamaConfig& ecfg = c.encoder_trunk();
-  const TrunkWeights& ew = c.encoder_is_model ? im.decoder : im.encoder;
+  const TrunkWeights& ew = c.encoder_is_model ? im.weights.decoder : im.weights.encoder;
   const int64_t de = ecfg.hidden_size;
   const int64_t n_entries = all_entries ? ecfg.num_hidden_layers + 1 : 1;
 
@@ -129,18 +154,7 @@ EncodedContext CepeModel::encode(const ContextChunks& ch, const int32_t* query_i
     ids.resize(static_cast<size_t>(pr * L));
     mask.resize(static_cast<size_t>(pr * L));
     pos.resize(static_cast<size_t>(pr * L));
-    for (int64_t i = 0; i < pr; ++i) {
-      const int64_t r = r0 + i, b = r / n;
-      for (int64_t t = 0; t < len; ++t) {
-        ids[static_cast<size_t>(i * L + t)] = ch.ids[static_cast<size_t>(r * len + t)];
-        mask[static_cast<size_t>(i * L + t)] = ch.mask[static_cast<size_t>(r * len + t)];
-      }
-      for (int64_t t = 0; t < nq; ++t) {
-        ids[static_cast<size_t>(i * L + len + t)] = query_ids[b * query_stride + t];
-        mask[static_cast<size_t>(i * L + len + t)] = query_mask ? query_mask[b * query_stride + t] : 1;
-      }
-      for (int64_t t = 0; t < L; ++t) pos[static_cast<size_t>(i * L + t)] = t;  // positions restart per chunk
-    }
+    fill_encoder_rows(lay, ch, query_ids, query_mask, query_stride, r0, pr, ids.data(), mask.data(), pos.data());
     std::vector<Tensor> entries;
     TrunkCall call;
     call.ids = ids.data();
@@ -192,8 +206,7 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
     ci.states.assign(static_cast<size_t>(L), nullptr);
     for (int64_t i = 0; i < L; ++i) {
       if (!c.has_cross(i)) continue;
-      // Spec §1.6: layer i reads entry [i - L] (Python negative index, clamped at -L) of the E+1 entries.
-      const int64_t idx = E1 == 1 ? 0 : E1 + std::max(i - L, -L);
+      const int64_t idx = cross_state_entry(c, i, E1);
       check(idx >= 0 && idx < E1, "encoded context has too few hidden-state entries for layer " + std::to_string(i));
       const Tensor& st = ctx->states[static_cast<size_t>(idx)];
       check(st.dim(2) == c.encoder_hidden_size, "encoded context states have width " + std::to_string(st.dim(2)) +
@@ -222,10 +235,12 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
   call.positions = positions;
   call.key_mask = attn_mask;
   call.key_mask_stride = opt.mask_stride;
-  call.causal = true;
+  // LlamaForMLM's trunk is bidirectional (is_decoder false).
+  call.causal = c.architecture != Architecture::MaskedLM;
+  check(call.causal || !cache, "LlamaForMLM is bidirectional: it has no KV cache (it cannot generate)");
   call.cache = cache;
   call.cross = ctx ? &ci : nullptr;
-  Tensor h = trunk_forward(c.decoder, im.decoder, call);
+  Tensor h = trunk_forward(c.decoder, im.weights.decoder, call);
 
   const int64_t d = c.decoder.hidden_size, V = c.decoder.vocab_size;
   if (opt.last_only) {
@@ -233,12 +248,12 @@ Tensor CepeModel::decode(const int32_t* ids, int64_t batch, int64_t len, const i
     for (int64_t b = 0; b < batch; ++b)
       std::copy(h.f32() + ((b + 1) * len - 1) * d, h.f32() + (b + 1) * len * d, last.f32() + b * d);
     Tensor logits = Tensor::empty(DType::F32, {batch, 1, V});
-    kernels::linear(last.f32(), batch, d, im.lm_head, logits.f32());
+    head_forward(c, im.weights, last.f32(), batch, logits.f32());
     check_finite(logits, "logits [batch, last position, vocab]");
     return logits;
   }
   Tensor logits = Tensor::empty(DType::F32, {batch, len, V});
-  kernels::linear(h.f32(), batch * len, d, im.lm_head, logits.f32());
+  head_forward(c, im.weights, h.f32(), batch * len, logits.f32());
   // Otherwise sampling turns NaN into token 0 and prints garbage with exit status 0.
   check_finite(logits, "logits [batch, position, vocab]");
   return logits;
@@ -290,20 +305,12 @@ std::unique_ptr<KVCache> CepeModel::make_cache(int64_t batch, int64_t capacity) 
 
 namespace {
 
-size_t cross_bytes(const LayerWeights& l) {
-  return l.cross ? l.cross->norm.nbytes() + l.cross->q.nbytes() + l.cross->k.nbytes() + l.cross->v.nbytes() +
-                       l.cross->o.nbytes()
-                 : 0;
-}
-
-// Every weight of a trunk, with or without its layers' cross-attention modules.
-size_t trunk_bytes(const TrunkWeights& w, bool with_cross) {
-  if (!w.embed.defined()) return 0;
-  size_t n = w.embed.nbytes() + w.norm.nbytes();
-  for (const LayerWeights& l : w.layers)
-    n += l.input_norm.nbytes() + l.post_norm.nbytes() + l.self_attn.q.nbytes() + l.self_attn.k.nbytes() +
-         l.self_attn.v.nbytes() + l.self_attn.o.nbytes() + l.gate.nbytes() + l.up.nbytes() + l.down.nbytes() +
-         (with_cross ? cross_bytes(l) : 0);
+// Bytes of the tensors whose entry passes `keep` (each weight once: tied names are aliases).
+template <class Keep>
+size_t tensor_bytes(ModelImpl& im, Keep keep) {
+  size_t n = 0;
+  for (const TensorEntry& e : model_tensors(im.cfg, &im.weights))
+    if (keep(e)) n += e.slot->nbytes();
   return n;
 }
 
@@ -311,35 +318,18 @@ size_t trunk_bytes(const TrunkWeights& w, bool with_cross) {
 
 void CepeModel::warm_up() const {
   volatile uint8_t sink = 0;
-  auto touch = [&](const Tensor& t) {
-    const auto* p = static_cast<const uint8_t*>(t.raw());
-    for (size_t i = 0; i < t.nbytes(); i += 4096) sink = sink + p[i];
-  };
-  auto touch_trunk = [&](const TrunkWeights& w) {
-    if (!w.embed.defined()) return;
-    touch(w.embed);
-    for (const LayerWeights& l : w.layers) {
-      for (const Tensor* t : {&l.self_attn.q, &l.self_attn.k, &l.self_attn.v, &l.self_attn.o, &l.gate, &l.up, &l.down})
-        touch(*t);
-      if (l.cross)
-        for (const Tensor* t : {&l.cross->q, &l.cross->k, &l.cross->v, &l.cross->o}) touch(*t);
-    }
-  };
-  touch_trunk(impl_->decoder);
-  touch_trunk(impl_->encoder);
-  touch(impl_->lm_head);
+  for (const TensorEntry& e : model_tensors(impl_->cfg, &impl_->weights)) {
+    const auto* p = static_cast<const uint8_t*>(e.slot->raw());
+    for (size_t i = 0; i < e.slot->nbytes(); i += 4096) sink = sink + p[i];
+  }
 }
 
 size_t CepeModel::context_weight_bytes() const {
-  size_t n = trunk_bytes(impl_->encoder, false);
-  for (const LayerWeights& l : impl_->decoder.layers) n += cross_bytes(l);
-  return n;
+  return tensor_bytes(*impl_, [](const TensorEntry& e) { return e.group != TensorGroup::Decoder; });
 }
 
 size_t CepeModel::weight_bytes() const {
-  size_t n = trunk_bytes(impl_->decoder, true) + trunk_bytes(impl_->encoder, false);
-  if (!impl_->cfg.decoder.tie_word_embeddings) n += impl_->lm_head.nbytes();
-  return n;
+  return tensor_bytes(*impl_, [](const TensorEntry&) { return true; });
 }
 
 }  // namespace cepe
@@ -389,16 +379,12 @@ std::string CepeModel::encoder_fingerprint() const {
   f.add(static_cast<int64_t>(e.rope_scaling.type));
   f.add(&e.rope_scaling.factor, sizeof e.rope_scaling.factor);
   f.add(c.encode_mode_name);
-  const TrunkWeights& w = c.encoder_is_model ? im.decoder : im.encoder;
-  hash_tensor(f, "embed", w.embed);
-  hash_tensor(f, "norm", w.norm);
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    const LayerWeights& l = w.layers[i];
-    const std::string p = std::to_string(i) + ".";
-    for (const auto& [n, t] : {std::pair<const char*, const Tensor*>{"in", &l.input_norm}, {"post", &l.post_norm},
-                               {"q", &l.self_attn.q}, {"k", &l.self_attn.k}, {"v", &l.self_attn.v},
-                               {"o", &l.self_attn.o}, {"gate", &l.gate}, {"up", &l.up}, {"down", &l.down}})
-      hash_tensor(f, p + n, *t);
+  // The trunk that encodes: the encoder's tensors, or the decoder trunk's (without its cross-attention and
+  // head) when the decoder is the encoder.
+  for (const TensorEntry& e : model_tensors(c, &impl_->weights)) {
+    const bool encodes = c.encoder_is_model ? e.group == TensorGroup::Decoder && e.name.rfind("model.", 0) == 0
+                                            : e.group == TensorGroup::Encoder;
+    if (encodes) hash_tensor(f, e.name, *e.slot);
   }
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(f.h));

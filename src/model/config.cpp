@@ -140,9 +140,31 @@ LlamaConfig parse_llama_config(const json& j, const std::string& origin) {
   return c;
 }
 
+const char* architecture_name(Architecture a) {
+  switch (a) {
+    case Architecture::CausalContextLM: return "LlamaForCausalContextLM";
+    case Architecture::CausalLM: return "LlamaForCausalLM";
+    case Architecture::MaskedLM: return "LlamaForMLM";
+  }
+  return "?";
+}
+
 CepeConfig parse_cepe_config(const json& j, const std::string& origin) {
   CepeConfig c;
   c.decoder = parse_llama_config(j, origin);
+  if (auto it = j.find("architectures"); it != j.end() && !it->is_null()) {
+    if (!it->is_array() || it->empty() || !(*it)[0].is_string())
+      fail(origin, "key 'architectures' must be a list of class names, got " + json_excerpt(*it));
+    const std::string name = (*it)[0].get<std::string>();
+    bool known = false;
+    for (Architecture a : {Architecture::CausalContextLM, Architecture::CausalLM, Architecture::MaskedLM})
+      if (name == architecture_name(a)) c.architecture = a, known = true;
+    if (!known)
+      fail(origin, "unsupported architecture '" + name +
+                       "' (supported: LlamaForCausalContextLM, LlamaForCausalLM, LlamaForMLM)");
+  } else if (!j.contains("do_cross_attention")) {
+    c.architecture = Architecture::CausalLM;  // a plain LLaMA config
+  }
   c.do_cross_attention = get_bool(j, "do_cross_attention", false, origin);
   c.num_cross_attn_layers = get_int(j, "num_cross_attn_layers", 0, origin);
   c.num_cross_attn_hidden_states = get_int(j, "num_cross_attn_hidden_states", 1, origin);
@@ -186,6 +208,10 @@ CepeConfig parse_cepe_config(const json& j, const std::string& origin) {
     fail(origin, "unsupported encode_mode '" + m + "' (supported: context_only, with_query-N, with_query_no_hid-N)");
   }
 
+  if (c.architecture != Architecture::CausalContextLM && c.do_cross_attention)
+    fail(origin, std::string(architecture_name(c.architecture)) + " has no cross-attention, but do_cross_attention is true");
+  if (c.architecture == Architecture::MaskedLM && get_bool(j, "is_decoder", false, origin))
+    fail(origin, "LlamaForMLM must not be a decoder (is_decoder is true)");
   const bool wants_encoder = c.do_cross_attention && c.num_cross_attn_layers > 0;
   if (c.encoder_is_model) {
     c.has_encoder = false;
@@ -256,8 +282,9 @@ json llama_config_to_json(const LlamaConfig& c) {
 
 json cepe_config_to_json(const CepeConfig& c) {
   json j = llama_config_to_json(c.decoder);
-  j["architectures"] = {"LlamaForCausalContextLM"};
-  j["is_decoder"] = true;
+  j["architectures"] = {architecture_name(c.architecture)};
+  j["is_decoder"] = c.architecture != Architecture::MaskedLM;
+  if (c.architecture != Architecture::CausalContextLM) return j;  // no CEPE keys
   j["do_cross_attention"] = c.do_cross_attention;
   j["num_cross_attn_layers"] = c.num_cross_attn_layers;
   j["num_cross_attn_hidden_states"] = c.num_cross_attn_hidden_states;

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/half.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/shared_kv_attention.h"
@@ -230,6 +231,79 @@ void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, siz
     in.stats->flops += f;
     in.stats->seconds += strategy_seconds;
   }
+}
+
+namespace {
+
+kernels::AttentionArgs cross_args(const LlamaConfig& cfg, const CrossActivations& a, const uint8_t* mask,
+                                  int64_t batch, int64_t len, int64_t keys) {
+  kernels::AttentionArgs args;
+  const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
+  args.q = a.q.f32();
+  args.q_stride = qd;
+  args.out = a.attn.f32();
+  args.out_stride = qd;
+  args.k = a.k.f32();
+  args.v = a.v.f32();
+  args.kv_stride = kvd;
+  args.kv_batch_stride = keys * kvd;
+  args.batch = batch;
+  args.q_len = len;
+  args.kv_len = keys;
+  args.q_heads = cfg.num_attention_heads;
+  args.kv_heads = cfg.num_key_value_heads;
+  args.head_dim = cfg.head_dim();
+  args.key_mask = mask;
+  args.mask_batch_stride = keys;
+  args.causal = false;  // one joint softmax over every chunk's keys, no positions
+  args.scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim()));
+  args.lse = a.lse.f32();
+  return args;
+}
+
+}  // namespace
+
+void cross_attention_train(const LlamaConfig& cfg, const CrossAttentionWeights& w, const Tensor& phi,
+                           const uint8_t* mask, int64_t batch, int64_t len, float* h, CrossActivations& a) {
+  check(phi.dtype() == DType::F32 && phi.rank() == 3 && phi.dim(0) == batch, [&] {
+    return "cross-attention training reads F32 encoder states [batch, keys, hidden], got " + shape_str(phi.shape()) +
+           " " + dtype_name(phi.dtype());
+  });
+  const int64_t BT = batch * len, d = cfg.hidden_size, K = phi.dim(1), de = phi.dim(2);
+  const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
+  a.rstd = Tensor::empty(DType::F32, {BT});
+  a.normed = Tensor::empty(DType::F32, {BT, d});
+  a.q = Tensor::empty(DType::F32, {BT, qd});
+  a.k = Tensor::empty(DType::F32, {batch * K, kvd});
+  a.v = Tensor::empty(DType::F32, {batch * K, kvd});
+  a.attn = Tensor::empty(DType::F32, {BT, qd});
+  a.lse = Tensor::empty(DType::F32, {batch, cfg.num_attention_heads, len});
+  kernels::rmsnorm(h, w.norm.f32(), BT, d, static_cast<float>(cfg.rms_norm_eps), a.normed.f32(), a.rstd.f32());
+  kernels::linear(a.normed.f32(), BT, d, w.q, a.q.f32());
+  kernels::linear(phi.f32(), batch * K, de, w.k, a.k.f32());
+  kernels::linear(phi.f32(), batch * K, de, w.v, a.v.f32());
+  kernels::attention(cross_args(cfg, a, mask, batch, len, K));
+  std::vector<float> out(static_cast<size_t>(BT * d));
+  kernels::linear(a.attn.f32(), BT, qd, w.o, out.data());
+  kernels::add_inplace(h, out.data(), BT * d);
+}
+
+void cross_attention_backward(const LlamaConfig& cfg, const CrossAttentionWeights& w, const Tensor& phi,
+                              const uint8_t* mask, int64_t batch, int64_t len, const float* input,
+                              const CrossActivations& a, float* dh, CrossAttentionWeights* dw, float* dphi) {
+  const int64_t BT = batch * len, d = cfg.hidden_size, K = phi.dim(1), de = phi.dim(2);
+  const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
+  auto grad = [&](Tensor CrossAttentionWeights::*m) { return dw && (dw->*m).defined() ? (dw->*m).f32() : nullptr; };
+  std::vector<float> d_attn(static_cast<size_t>(BT * qd)), dq(static_cast<size_t>(BT * qd), 0.0f);
+  std::vector<float> dk(static_cast<size_t>(batch * K * kvd), 0.0f), dv(dk.size(), 0.0f);
+  std::vector<float> d_normed(static_cast<size_t>(BT * d));
+  kernels::linear_backward(a.attn.f32(), dh, BT, qd, w.o, d_attn.data(), false, grad(&CrossAttentionWeights::o));
+  kernels::attention_backward(cross_args(cfg, a, mask, batch, len, K), d_attn.data(), qd, dq.data(), dk.data(), dv.data());
+  kernels::linear_backward(phi.f32(), dk.data(), batch * K, de, w.k, dphi, true, grad(&CrossAttentionWeights::k));
+  kernels::linear_backward(phi.f32(), dv.data(), batch * K, de, w.v, dphi, true, grad(&CrossAttentionWeights::v));
+  kernels::linear_backward(a.normed.f32(), dq.data(), BT, d, w.q, d_normed.data(), false, grad(&CrossAttentionWeights::q));
+  kernels::rmsnorm_backward(d_normed.data(), input, w.norm.f32(), a.rstd.f32(), BT, d, dh, true,
+                            grad(&CrossAttentionWeights::norm));
 }
 
 CrossAttnMode resolve_cross_attn(CrossAttnMode requested, const LlamaConfig& dec, int64_t enc_hidden, int64_t len,

@@ -7,13 +7,9 @@
 #include "cepe/config.h"
 #include "cepe/model.h"
 #include "cepe/tensor.h"
+#include "model/weights.h"
 
 namespace cepe {
-
-struct CrossAttentionWeights {
-  Tensor norm;        // f32 [hidden]
-  Tensor q, k, v, o;  // q: [H*hd, hidden], k/v: [Hkv*hd, enc_hidden], o: [hidden, H*hd]
-};
 
 // What the cross-attention layers read.
 struct CrossInput {
@@ -29,6 +25,27 @@ struct CrossInput {
 // h[B*T, hidden] += CrossAttn(RMSNorm_ca(h), Φ) for decoder layer `layer`.
 void cross_attention(const LlamaConfig& cfg, const CrossAttentionWeights& w, size_t layer, const CrossInput& in,
                      int64_t batch, int64_t len, float* h);
+
+// What the backward of a cross-attention layer needs (F32).
+struct CrossActivations {
+  Tensor rstd, normed;  // RMSNorm_ca of the layer input: [BT], [BT, d]
+  Tensor q;             // [BT, H*hd]
+  Tensor k, v;          // projected from Φ: [B*K, Hkv*hd]
+  Tensor attn, lse;     // attention output [BT, H*hd], log-sum-exp [B, H, T]
+};
+
+// Training forward of one layer's cross-attention: h [B*T, hidden] += CrossAttn(RMSNorm_ca(h), Φ), with Φ
+// F32 [B, K, enc_hidden] and its mask [B, K]; K/V are projected whole (their gradients need them) and the
+// attention runs in kernels::attention, keeping `saved`.
+void cross_attention_train(const LlamaConfig& cfg, const CrossAttentionWeights& w, const Tensor& phi,
+                           const uint8_t* mask, int64_t batch, int64_t len, float* h, CrossActivations& saved);
+
+// Its backward: `input` is h before the residual (as given to the forward), `dh` the gradient of h after it;
+// adds the branch's gradient to dh (the residual passes dh through unchanged). `dw` (F32, defined tensors
+// only) receives weight gradients, `dphi` [B, K, enc_hidden] the gradient of Φ; either may be null.
+void cross_attention_backward(const LlamaConfig& cfg, const CrossAttentionWeights& w, const Tensor& phi,
+                              const uint8_t* mask, int64_t batch, int64_t len, const float* input,
+                              const CrossActivations& saved, float* dh, CrossAttentionWeights* dw, float* dphi);
 
 // The strategy Auto picks for `len` query tokens (see include/cepe/model.h).
 CrossAttnMode resolve_cross_attn(CrossAttnMode requested, const LlamaConfig& dec, int64_t enc_hidden, int64_t len,

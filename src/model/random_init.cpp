@@ -16,6 +16,7 @@
 #include "core/atomic_file.h"
 #include "core/half.h"
 #include "core/safetensors_writer.h"
+#include "model/weights.h"
 
 namespace cepe {
 
@@ -26,39 +27,13 @@ namespace fs = std::filesystem;
 
 std::vector<InitTensor> checkpoint_tensors(const CepeConfig& c) {
   std::vector<InitTensor> out;
-  auto normal = [&](std::string name, Shape shape) { out.push_back({std::move(name), std::move(shape), InitFill::Normal, -1}); };
-  auto ones = [&](std::string name, int64_t d) { out.push_back({std::move(name), {d}, InitFill::Ones, -1}); };
-  auto trunk = [&](const std::string& prefix, const LlamaConfig& t, bool with_cross) {
-    const int64_t d = t.hidden_size, qd = t.num_attention_heads * t.head_dim(), kvd = t.kv_dim();
-    const int64_t ff = t.intermediate_size;
-    out.push_back({prefix + "embed_tokens.weight", {t.vocab_size, d}, InitFill::Normal,
-                   t.pad_token_id && *t.pad_token_id >= 0 && *t.pad_token_id < t.vocab_size ? *t.pad_token_id : -1});
-    for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
-      const std::string p = prefix + "layers." + std::to_string(i) + ".";
-      normal(p + "self_attn.q_proj.weight", {qd, d});
-      normal(p + "self_attn.k_proj.weight", {kvd, d});
-      normal(p + "self_attn.v_proj.weight", {kvd, d});
-      normal(p + "self_attn.o_proj.weight", {d, qd});
-      if (with_cross && c.has_cross(i)) {
-        ones(p + "cross_attn.layernorm.weight", d);
-        normal(p + "cross_attn.q_proj.weight", {qd, d});
-        normal(p + "cross_attn.k_proj.weight", {kvd, c.encoder_hidden_size});
-        normal(p + "cross_attn.v_proj.weight", {kvd, c.encoder_hidden_size});
-        normal(p + "cross_attn.o_proj.weight", {d, qd});
-      }
-      normal(p + "mlp.gate_proj.weight", {ff, d});
-      normal(p + "mlp.up_proj.weight", {ff, d});
-      normal(p + "mlp.down_proj.weight", {d, ff});
-      ones(p + "input_layernorm.weight", d);
-      ones(p + "post_attention_layernorm.weight", d);
-    }
-    ones(prefix + "norm.weight", d);
-  };
-  trunk("model.", c.decoder, true);
-  if (!c.decoder.tie_word_embeddings) normal("lm_head.weight", {c.decoder.vocab_size, c.decoder.hidden_size});
-  // The loader reads the separate encoder only when cross-attention uses it (CepeModel::load).
-  if (c.has_encoder && !c.encoder_is_model && c.do_cross_attention && c.num_cross_attn_layers > 0)
-    trunk("encoder.", c.encoder, false);
+  for (const TensorEntry& e : model_tensors(c)) {
+    // HF _init_weights: Linear and Embedding ~ N(0, initializer_range), biases 0, RMSNorm 1.
+    const InitFill fill = e.role == TensorRole::Norm ? InitFill::Ones
+                          : e.role == TensorRole::Bias ? InitFill::Zeros
+                                                       : InitFill::Normal;
+    out.push_back({e.name, e.shape, fill, e.padding_row});
+  }
   return out;
 }
 
@@ -203,10 +178,10 @@ void init_fill(const InitTensor& t, uint64_t seed, float std, DType dtype, int64
   check(first >= 0 && count >= 0 && first + count <= shape_numel(t.shape), "init_fill: range out of bounds");
   const size_t es = dtype_size(dtype);
   char* dst = static_cast<char*>(out);
-  if (t.fill == InitFill::Ones) {
-    const float one = 1.0f;
+  if (t.fill == InitFill::Ones || t.fill == InitFill::Zeros) {
+    const float value = t.fill == InitFill::Ones ? 1.0f : 0.0f;
     uint8_t v[4];
-    convert_from_f32(&one, dtype, v, 1);
+    convert_from_f32(&value, dtype, v, 1);
     for (int64_t i = 0; i < count; ++i) std::memcpy(dst + static_cast<size_t>(i) * es, v, es);
   } else {
     const uint64_t key = init_stream_key(seed, t.name);

@@ -1,7 +1,7 @@
 #pragma once
 // Randomly initialised checkpoints (`cepe init`): every tensor the loader reads for a config, filled like
 // Hugging Face's `_init_weights` (Linear and Embedding ~ N(0, initializer_range), the padding row of an
-// embedding zero, RMSNorm weights 1), streamed to `model.safetensors` with bounded memory.
+// embedding zero, biases 0, RMSNorm weights 1), streamed to `model.safetensors` with bounded memory.
 //
 // The values depend only on (seed, tensor name, element index): each tensor's stream key is derived from the
 // seed and a hash of its name, each fixed block of kInitBlock values has its own key, and each pair of values
@@ -17,7 +17,7 @@
 
 namespace cepe {
 
-enum class InitFill { Normal, Ones };
+enum class InitFill { Normal, Ones, Zeros };
 
 struct InitTensor {
   std::string name;
