@@ -87,8 +87,9 @@ struct GradClip {
 };
 
 // The global 2-norm of all gradients as torch.nn.utils.clip_grad_norm_ computes it: the 2-norm of the
-// per-tensor 2-norms. Sums of squares run in double over fixed blocks (same result for any thread count); each
-// tensor's norm is rounded to float as torch's is. A NaN or Inf gradient is an error naming the tensor and
+// per-tensor 2-norms, each with torch 1.13's CPU (AVX2) reduction order in float, so bit-equal to torch's
+// (another torch build, e.g. AVX-512 with 16 lanes, can differ in the last bits). The same for any thread count:
+// threads split the tensors, never a sum. A NaN or Inf gradient is an error naming the tensor and
 // the element ("gradient of 'x' is not finite (NaN at element 12)"): in fp32/bf16 training without loss scaling
 // a non-finite gradient means divergence or a bug, and skipping the step (what fp16 loss scaling does) would
 // hide it; a trainer that wants to skip catches the error.

@@ -16,7 +16,11 @@ import os
 import sys
 
 import numpy as np
-import torch
+
+# torch picks its CPU kernels at run time (AVX2 or AVX-512), and they add in different orders: the goldens are
+# torch's AVX2 kernels, whatever this machine has (src/train/optimizer.cpp follows their order).
+os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st_io  # noqa: E402
@@ -158,7 +162,10 @@ def main():
     tensors = {}
     runs = [run(cfg, tensors) for cfg in RUNS]
     schedules = [schedule_golden(s) for s in SCHEDULES]
-    meta = {"format": "cepe.optim-golden", "torch": torch.__version__, "runs": runs, "schedules": schedules}
+    capability = [ln.split(":")[1].strip() for ln in torch.__config__.show().splitlines() if "CPU capability" in ln]
+    assert capability == ["AVX2"], f"torch runs {capability} kernels, expected AVX2"
+    meta = {"format": "cepe.optim-golden", "torch": torch.__version__, "cpu_capability": capability[0],
+            "runs": runs, "schedules": schedules}
     os.makedirs(args.out, exist_ok=True)
     st_io.write(os.path.join(args.out, "golden.safetensors"), tensors,
                 {"format": "pt", "golden": json.dumps(meta, sort_keys=True)})
