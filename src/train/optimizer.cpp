@@ -230,7 +230,9 @@ float global_grad_norm(const std::vector<ParamSlot>& params) {
   // may run on different threads without changing any number.
   std::vector<float> norms(params.size());
   const int64_t count = static_cast<int64_t>(params.size());
-#pragma omp parallel for schedule(dynamic) if (count > 1)
+  int64_t elements = 0;
+  for (const ParamSlot& p : params) elements += p.numel();
+#pragma omp parallel for schedule(dynamic) if (count > 1 && elements > kParallelThreshold)
   for (int64_t k = 0; k < count; ++k)
     norms[static_cast<size_t>(k)] = torch_norm2(params[static_cast<size_t>(k)].grad, params[static_cast<size_t>(k)].numel());
   for (size_t k = 0; k < params.size(); ++k)
