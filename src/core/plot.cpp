@@ -390,14 +390,34 @@ void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
     cv.text(static_cast<int>(area.x0) + kPad, (top + bottom) / 2 + text_width(chart.y.label, kText) / 2,
             chart.y.label, kText, kBlack, /*vertical=*/true);
 
-  // Legend: top right, inside the plot, on white.
+  // Legend: inside the plot, on white.
   int name_w = 0, rows = 0;
   for (const Series& s : chart.series)
     if (!s.name.empty()) name_w = std::max(name_w, text_width(s.name, kText)), ++rows;
   if (rows == 0) return;
   const int sample = 28, row_h = kLineH + 4;
   const int lw = kPad + sample + kPad + name_w + kPad, lh = kPad + rows * row_h;
-  const int lx = right - kPad - lw, ly = top + kPad;
+  // The corner where it hides the fewest points of the lines (sampled along each segment); top right on a tie.
+  const std::pair<int, int> corners[] = {{right - kPad - lw, top + kPad},
+                                         {left + kPad, top + kPad},
+                                         {right - kPad - lw, bottom - kPad - lh},
+                                         {left + kPad, bottom - kPad - lh}};
+  int lx = corners[0].first, ly = corners[0].second;
+  int64_t fewest = -1;
+  for (const auto& [cx, cy] : corners) {
+    int64_t hidden = 0;
+    for (const Series& s : chart.series)
+      for (size_t i = 0; i + 1 < s.x.size(); ++i) {
+        const double x0 = forward(chart.x.scale, s.x[i]), y0 = forward(chart.y.scale, s.y[i]);
+        const double x1 = forward(chart.x.scale, s.x[i + 1]), y1 = forward(chart.y.scale, s.y[i + 1]);
+        if (!std::isfinite(x0) || !std::isfinite(y0) || !std::isfinite(x1) || !std::isfinite(y1)) continue;
+        for (int k = 0; k <= 8; ++k) {
+          const double qx = px(x0 + (x1 - x0) * k / 8), qy = py(y0 + (y1 - y0) * k / 8);
+          hidden += qx >= cx && qx <= cx + lw && qy >= cy && qy <= cy + lh;
+        }
+      }
+    if (fewest < 0 || hidden < fewest) fewest = hidden, lx = cx, ly = cy;
+  }
   cv.fill(lx, ly, lx + lw, ly + lh, kWhite);
   cv.frame(lx, ly, lx + lw, ly + lh, kFrame);
   int row = 0;
