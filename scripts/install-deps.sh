@@ -10,7 +10,7 @@ packages=(
   nlohmann-json3-dev          # config.json, requests, safetensors headers
   libgtest-dev libgmock-dev   # tests
   libbenchmark-dev            # bench/
-  gnuplot-nox                 # cepe bench --plot
+  zlib1g-dev                  # PNG plots (cepe bench --plot, cepe train --plot)
   clang-14 libomp-14-dev libclang-rt-14-dev  # the second compiler CI builds with; libFuzzer for scripts/fuzz.sh
   nodejs npm                  # fetches the real LLaMA-2 tokenizer for its tests (scripts/fetch-llama-tokenizer.sh)
 )

@@ -5,8 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
-#include <filesystem>
-#include <fstream>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -20,6 +19,7 @@
 #include "commands.h"
 #include "core/atomic_file.h"
 #include "core/memory.h"
+#include "core/plot.h"
 #include "core/progress.h"
 #include "kernels/cpu/gemm.h"
 
@@ -41,7 +41,7 @@ const char* kBenchHelp =
     "  --mem-budget SIZE       memory a run may use, e.g. 20G (default 90% of RAM); what needs more is\n"
     "                          reported as not fitting instead of being run\n"
     "  --json FILE             the rows as a JSON array\n"
-    "  --plot FILE.png         throughput and memory against context length (gnuplot)\n"
+    "  --plot FILE.png         throughput and memory against context length\n"
     "  --seed S, -t THREADS\n";
 
 using Clock = std::chrono::steady_clock;
@@ -144,10 +144,8 @@ struct Bench {
 
 std::string gb(double bytes) { return Progress::format_bytes(bytes); }
 
+// Decode throughput and peak memory against context length, side by side, one line per mode.
 void write_plot(const std::string& path, const std::vector<Row>& rows) {
-  namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / ("cepe-plot-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
   // Only measured rows are drawn; a series with nothing measured (all "does not fit") is left out.
   std::map<std::string, std::vector<const Row*>> series;
   for (const Row& r : rows)
@@ -156,39 +154,26 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
     std::fprintf(stderr, "warning: --plot: no row was measured, so there is nothing to draw\n");
     return;
   }
-  std::string speed, memory;
-  int i = 0;
+  plot::Figure fig{.title = "cepe bench", .width = 1200, .height = 500};
+  plot::Chart speed{.title = "Decode throughput",
+                    .x = {.label = "context tokens", .scale = plot::Scale::Log2},
+                    .y = {.label = "decode tokens/s", .scale = plot::Scale::Log10}};
+  plot::Chart memory{.title = "Peak memory",
+                     .x = speed.x,
+                     .y = {.label = "peak RSS (GB)", .scale = plot::Scale::Linear, .min = 0.0}};
   for (const auto& [name, rs] : series) {
-    const fs::path f = dir / ("s" + std::to_string(i) + ".dat");
-    std::ofstream out(f);
-    for (const Row* r : rs)
-      out << r->context_tokens << ' ' << (r->decode_tps ? std::to_string(*r->decode_tps) : "NaN") << ' '
-          << (r->peak_rss ? std::to_string(*r->peak_rss / 1e9) : "NaN") << '\n';
-    const std::string sep = i ? ", " : "";
-    speed += sep + "'" + f.string() + "' using 1:2 with linespoints lw 2 title '" + name + "'";
-    memory += sep + "'" + f.string() + "' using 1:3 with linespoints lw 2 title '" + name + "'";
-    ++i;
+    plot::Series s{.name = name, .markers = true}, m{.name = name, .markers = true};
+    for (const Row* r : rs) {
+      s.x.push_back(static_cast<double>(r->context_tokens));
+      s.y.push_back(r->decode_tps ? *r->decode_tps : NAN);
+      m.x.push_back(static_cast<double>(r->context_tokens));
+      m.y.push_back(r->peak_rss ? *r->peak_rss / 1e9 : NAN);
+    }
+    speed.series.push_back(std::move(s));
+    memory.series.push_back(std::move(m));
   }
-  const fs::path script = dir / "plot.gp";
-  {
-    std::ofstream g(script);
-    g << "set terminal pngcairo size 1200,500 font ',11'\n"
-      << "set output '" << path << ".tmp'\n"
-      << "set multiplot layout 1,2 title 'cepe bench'\n"
-      << "set logscale x 2\nset grid\nset key top right\nset xlabel 'context tokens'\n"
-      << "set logscale y\nset ylabel 'decode tokens/s'\nset title 'Decode throughput'\nplot " << speed << "\n"
-      << "unset logscale y\nset ylabel 'peak RSS (GB)'\nset title 'Peak memory'\nset yrange [0:*]\nplot " << memory
-      << "\nunset multiplot\n";
-  }
-  // gnuplot's own messages go to stderr, never into the markdown on stdout.
-  const int rc = std::system(("gnuplot '" + script.string() + "' 1>&2").c_str());
-  fs::remove_all(dir);
-  if (rc != 0) {
-    std::error_code ec;
-    fs::remove(path + ".tmp", ec);
-    throw Error("--plot: gnuplot failed (is it installed? scripts/install-deps.sh installs gnuplot-nox)");
-  }
-  fs::rename(path + ".tmp", path);
+  fig.charts = {std::move(speed), std::move(memory)};
+  plot::write_png(path, fig);
 }
 
 }  // namespace

@@ -1,0 +1,57 @@
+#pragma once
+// Line plots as PNG files, with no plotting program: loss curves for `cepe train --plot`, throughput and memory
+// for `cepe bench --plot`. A figure is one or more charts side by side under an optional title; each chart has
+// a title, two axes (linear, log10 or log2, limits automatic or fixed), grid lines at the ticks, and any number
+// of named series drawn as anti-aliased lines in distinct colours, with a legend. Text uses a built-in 5x7
+// pixel font (printable ASCII).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cepe::plot {
+
+enum class Scale { Linear, Log10, Log2 };
+
+struct Axis {
+  std::string label{};
+  Scale scale = Scale::Linear;
+  std::optional<double> min{}, max{};  // unset: from the data (linear: out to the next tick; log: whole powers)
+};
+
+// Points whose x or y is not finite (or not > 0 on a log axis) are left out, and the line breaks there.
+struct Series {
+  std::string name{};  // in the legend
+  std::vector<double> x{}, y{};
+  bool markers = false;  // a dot at each point as well as the line
+};
+
+struct Chart {
+  std::string title{};
+  Axis x{}, y{};
+  std::vector<Series> series{};  // colours in this order: blue, orange, green, red, purple, brown, pink, grey, ...
+};
+
+struct Figure {
+  std::string title{};  // above all charts; empty for none
+  int width = 900, height = 540;
+  std::vector<Chart> charts{};  // side by side, equal widths
+};
+
+// 8-bit RGB pixels, row-major, top row first.
+struct Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // width * height * 3
+};
+
+// Draws `figure`. Throws cepe::Error on a figure without charts, a size outside [64, 8192], or a series whose
+// x and y differ in length (naming the series).
+Image render(const Figure& figure);
+
+// The image as a PNG file's bytes: colour type 2 (RGB, 8 bits), one zlib-compressed IDAT chunk.
+std::string encode_png(const Image& image);
+
+// render + encode_png, written atomically (a temporary file renamed over `path`).
+void write_png(const std::string& path, const Figure& figure);
+
+}  // namespace cepe::plot
