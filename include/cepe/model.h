@@ -85,6 +85,12 @@ struct LoadOptions {
 class CepeModel {
  public:
   static std::shared_ptr<CepeModel> load(const std::string& dir, const LoadOptions& options = {});
+  // A model of owned f32 weights filled as Hugging Face's _init_weights would (the values `cepe init` writes
+  // for the same seed and initializer_range).
+  static std::shared_ptr<CepeModel> create_random(const CepeConfig& cfg, uint64_t seed, double initializer_range = 0.02);
+  // Writes dir/model.safetensors (the weights in their dtype, under the reference's names; tied copies are
+  // not stored, as save_pretrained does) and then dir/config.json, each atomically.
+  void save(const std::string& dir) const;
   ~CepeModel();
 
   const CepeConfig& config() const;
@@ -128,6 +134,7 @@ class CepeModel {
   CepeModel();
   std::unique_ptr<ModelImpl> impl_;
   friend ModelImpl& model_impl(const CepeModel& m);  // the model layer's view (src/model/model_impl.h)
+  friend std::shared_ptr<CepeModel> make_model(std::unique_ptr<ModelImpl> impl);
 };
 
 }  // namespace cepe

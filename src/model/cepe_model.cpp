@@ -12,6 +12,11 @@
 #include "model/weight_store.h"
 #include "model/model_impl.h"
 #include "model/heads.h"
+#include "model/random_init.h"
+#include "core/atomic_file.h"
+#include "cepe/safetensors.h"
+#include <map>
+#include <nlohmann/json.hpp>
 
 namespace cepe {
 
@@ -47,6 +52,44 @@ std::shared_ptr<CepeModel> CepeModel::load(const std::string& dir, const LoadOpt
     std::fprintf(stderr, "warning: %s: %zu tensor(s) not used by this config, e.g. '%s'\n", dir.c_str(), extra.size(),
                  extra[0].c_str());
   return m;
+}
+
+std::shared_ptr<CepeModel> make_model(std::unique_ptr<ModelImpl> impl) {
+  std::shared_ptr<CepeModel> m(new CepeModel());
+  bind_tied(impl->cfg, impl->weights);
+  m->impl_ = std::move(impl);
+  return m;
+}
+
+std::shared_ptr<CepeModel> CepeModel::create_random(const CepeConfig& cfg, uint64_t seed, double initializer_range) {
+  auto im = std::make_unique<ModelImpl>();
+  im->dir = "(random init, seed " + std::to_string(seed) + ")";
+  im->cfg = cfg;
+  const std::vector<InitTensor> fills = checkpoint_tensors(cfg);
+  const std::vector<TensorEntry> entries = model_tensors(cfg, &im->weights);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    Tensor t = Tensor::empty(DType::F32, entries[i].shape);
+    init_fill(fills[i], seed, static_cast<float>(initializer_range), DType::F32, 0, t.numel(), t.raw());
+    *entries[i].slot = t;
+  }
+  return make_model(std::move(im));
+}
+
+void CepeModel::save(const std::string& dir) const {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir + ": cannot create the checkpoint directory: " + ec.message());
+  std::map<std::string, Tensor> tensors;
+  for (const TensorEntry& e : model_tensors(impl_->cfg, &impl_->weights)) {
+    tensors[e.name] = *e.slot;
+    // LlamaForMLM's lm_head.bias is lm_bias (one Parameter); the released checkpoint stores both names.
+    for (const std::string& alias : e.aliases)
+      if (alias == "lm_head.bias") tensors[alias] = *e.slot;
+  }
+  save_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  nlohmann::json cfg = cepe_config_to_json(impl_->cfg);
+  write_text_atomic((fs::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
 const CepeConfig& CepeModel::config() const { return impl_->cfg; }

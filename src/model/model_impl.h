@@ -33,5 +33,7 @@ void fill_encoder_rows(const EncoderLayout& lay, const ContextChunks& ch, const 
 int64_t cross_state_entry(const CepeConfig& c, int64_t layer, int64_t entries);
 
 inline ModelImpl& model_impl(const CepeModel& m) { return *m.impl_; }
+// A model over weights built in memory (random init, assembly); `impl->dir` names it in messages.
+std::shared_ptr<CepeModel> make_model(std::unique_ptr<ModelImpl> impl);
 
 }  // namespace cepe
