@@ -123,8 +123,18 @@ Sampler::Sampler(SamplerConfig config) : cfg_(std::move(config)) {
     check(!s.files.empty(), "data: " + label + " has no token files");
     for (const auto& f : s.files) {
       check(f != nullptr, "data: " + label + " has a null token file");
-      if (!first_file) first_file = &f;
-      else check_tokenizer(*f, (*first_file)->tokenizer(), (*first_file)->path());
+      if (!first_file) {
+        first_file = &f;
+        continue;
+      }
+      const TokenizerIdentity &a = (*first_file)->tokenizer(), &b = f->tokenizer();
+      check(a.sha256 == b.sha256 && a.vocab_size == b.vocab_size && a.bos_id == b.bos_id && a.eos_id == b.eos_id &&
+                a.unk_id == b.unk_id,
+            [&] {
+              return "data: " + label + ": " + f->path() + " was made by a different tokenizer (sha256 " + b.sha256 +
+                     ", vocab " + std::to_string(b.vocab_size) + ") than " + (*first_file)->path() + " (sha256 " +
+                     a.sha256 + ", vocab " + std::to_string(a.vocab_size) + "): one sampler reads one tokenizer's ids";
+            });
     }
     check(std::isfinite(s.weight) && s.weight >= 0, "data: " + label + " has a negative or non-finite weight");
   }

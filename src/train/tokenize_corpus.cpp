@@ -1,7 +1,5 @@
 #include "train/tokenize_corpus.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
