@@ -112,7 +112,9 @@ int data_info(int argc, char** argv) {
   std::printf("tokenizer:   sha256 %s, vocab %d, bos %d, eos %d, unk %d\n", t.sha256.c_str(), t.vocab_size, t.bos_id,
               t.eos_id, t.unk_id);
   std::printf("sources:     %s\n", nlohmann::json(f.sources()).dump().c_str());
-  for (const auto& [k, v] : f.metadata()) {
+  for (const auto& entry : f.metadata()) {
+    const std::string& k = entry.first;  // not a structured binding: clang 14 cannot capture one in a lambda
+    const std::string& v = entry.second;
     static const char* kShown[] = {"format", "format_version", "tokenizer_sha256", "vocab_size", "bos_id", "eos_id",
                                    "unk_id", "sources", "n_docs", "n_tokens"};
     if (std::none_of(std::begin(kShown), std::end(kShown), [&](const char* s) { return k == s; }))
