@@ -9,5 +9,6 @@ int cmd_tokenize(int argc, char** argv);
 int cmd_encode(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_grad(int argc, char** argv);
+int cmd_data(int argc, char** argv);
 
 }  // namespace cepe::cli

@@ -24,6 +24,7 @@ void usage(std::FILE* out) {
       "  init       write a randomly initialised checkpoint (--preset NAME | --config FILE) -o DIR\n"
       "  encode     encode long contexts once into a file for `generate --ctx`\n"
       "  bench      CEPE against full attention: throughput and memory by context length\n"
+      "  data       training data: tokenize text into token files, inspect them and their samples\n"
       "\n"
       "Run `cepe <command> --help` for the options of a command.\n",
       out);
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
     if (cmd == "init") return cepe::cli::cmd_init(argc - 2, argv + 2);
     if (cmd == "encode") return cepe::cli::cmd_encode(argc - 2, argv + 2);
     if (cmd == "bench") return cepe::cli::cmd_bench(argc - 2, argv + 2);
+    if (cmd == "data") return cepe::cli::cmd_data(argc - 2, argv + 2);
     std::fprintf(stderr, "error: unknown command '%s' (try `cepe --help`)\n", one_line(cmd).c_str());
     return 2;
   } catch (const cepe::Error& e) {

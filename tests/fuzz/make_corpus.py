@@ -108,6 +108,25 @@ def main():
                        stdout=subprocess.DEVNULL)
     write("safetensors", "context.safetensors", open(os.path.join(ctx, "hello_f32.ctx"), "rb").read())
 
+    # Token files: real ones from `cepe data tokenize` (text + jsonl) and a hand-made one with an empty document.
+    texts = os.path.join(OUT, "token_file", "_inputs")
+    os.makedirs(texts, exist_ok=True)
+    with open(os.path.join(texts, "a.txt"), "w") as f:
+        f.write("The quick brown fox jumps over the lazy dog. " * 4)
+    with open(os.path.join(texts, "b.jsonl"), "w") as f:
+        f.write(json.dumps({"text": "hello world"}) + "\n" + json.dumps({"text": "caf\u00e9 \u65e5\u672c"}) + "\n")
+    tok_dir = os.path.join(OUT, "token_file")
+    # Relative paths, so the committed file's metadata names no local directory.
+    subprocess.run([os.path.abspath(cepe), "data", "tokenize", "-m", os.path.relpath(model, tok_dir), "-o", "tiny_a.tokens",
+                    "-t", "1", "--quiet", "_inputs"], check=True, stdout=subprocess.DEVNULL, cwd=tok_dir)
+    shutil.rmtree(texts)
+    meta = {"format": "cepe.tokens", "format_version": "1", "tokenizer_sha256": "ab" * 32, "vocab_size": "16",
+            "bos_id": "1", "eos_id": "2", "unk_id": "0", "n_docs": "3", "n_tokens": "12", "sources": "[\"hand\"]"}
+    toks = [1, 5, 6, 7, 8, 2, 1, 2, 1, 9, 15, 2]
+    write("token_file", "hand.tokens", safetensors({
+        "doc_offsets": ("I64", [4], struct.pack("<4q", 0, 6, 8, 12)),
+        "tokens": ("I32", [12], struct.pack("<12i", *toks))}, meta, order=["doc_offsets", "tokens"]))
+
     # The tiny fixture's tokenizer is already small (8 KB).
     write("tokenizer", "tiny_a.model", open(os.path.join(model, "tokenizer.model"), "rb").read())
 
