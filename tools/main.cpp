@@ -20,6 +20,7 @@ void usage(std::FILE* out) {
       "  generate   generate text (-m DIR -p PROMPT [-c FILE]...) or token ids (--request REQ.json)\n"
       "  forward    logits (and encoder states) for a JSON request of token ids\n"
       "  grad       loss and gradients of the trainable parameters for a JSON request with labels\n"
+      "  train      run a training stage (decoder, mlm, warmup, cepe, ceped) from a JSON config\n"
       "  tokenize   print the token ids of a text\n"
       "  init       write a randomly initialised checkpoint (--preset NAME | --config FILE) -o DIR\n"
       "  encode     encode long contexts once into a file for `generate --ctx`\n"
@@ -59,6 +60,7 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return cepe::cli::cmd_generate(argc - 2, argv + 2);
     if (cmd == "forward") return cepe::cli::cmd_forward(argc - 2, argv + 2);
     if (cmd == "grad") return cepe::cli::cmd_grad(argc - 2, argv + 2);
+    if (cmd == "train") return cepe::cli::cmd_train(argc - 2, argv + 2);
     if (cmd == "tokenize") return cepe::cli::cmd_tokenize(argc - 2, argv + 2);
     if (cmd == "init") return cepe::cli::cmd_init(argc - 2, argv + 2);
     if (cmd == "encode") return cepe::cli::cmd_encode(argc - 2, argv + 2);

@@ -27,7 +27,19 @@ void write_all(const char* s) {
   }
 }
 
+std::atomic<int> g_deferred{0};   // live DeferredInterrupt objects
+std::atomic<int> g_requested{0};  // the deferred signal, once received
+
 extern "C" void on_interrupt(int sig) {
+  if (g_deferred.load() > 0) {
+    int none = 0;
+    if (g_requested.compare_exchange_strong(none, sig)) {
+      if (g_stderr_tty) write_all("\n");
+      write_all(sig == SIGINT ? "interrupted by SIGINT: finishing this step and saving a checkpoint (interrupt again to stop now)\n"
+                              : "interrupted by SIGTERM: finishing this step and saving a checkpoint\n");
+      return;
+    }
+  }
   bool removed = false;
   for (auto& slot : g_temp_files) {
     if (char* p = slot.load()) removed = ::unlink(p) == 0 || removed;
@@ -44,6 +56,8 @@ void install_interrupt_cleanup() {
   g_stderr_tty = ::isatty(STDERR_FILENO) == 1;
   struct sigaction sa {};
   sa.sa_handler = on_interrupt;
+  // A deferred interrupt returns to the program: restart the system calls it interrupted (writes in flight).
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   // Both signals are blocked while the handler runs, so it runs once.
   sigaddset(&sa.sa_mask, SIGINT);
@@ -51,6 +65,10 @@ void install_interrupt_cleanup() {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 }
+
+DeferredInterrupt::DeferredInterrupt() { g_deferred.fetch_add(1); }
+DeferredInterrupt::~DeferredInterrupt() { g_deferred.fetch_sub(1); }
+int DeferredInterrupt::requested() { return g_requested.load(); }
 
 TempFileGuard::TempFileGuard(const std::string& path) {
   char* copy = ::strdup(path.c_str());

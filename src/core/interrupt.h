@@ -22,4 +22,16 @@ class TempFileGuard {
   int slot_ = -1;  // -1: the table was full, the file is not guarded
 };
 
+// While one is alive, the first SIGINT/SIGTERM only records the request (a long job, such as training, then
+// finishes its step and saves a checkpoint before it stops); a second one ends the process at once, as usual.
+class DeferredInterrupt {
+ public:
+  DeferredInterrupt();
+  ~DeferredInterrupt();
+  DeferredInterrupt(const DeferredInterrupt&) = delete;
+  DeferredInterrupt& operator=(const DeferredInterrupt&) = delete;
+
+  static int requested();  // the signal received (SIGINT/SIGTERM), or 0
+};
+
 }  // namespace cepe

@@ -67,7 +67,7 @@ std::string Progress::rate_str(double per_s) const {
 
 std::string Progress::status() const {
   const double t = elapsed_s();
-  const double rate = t > 0 ? static_cast<double>(done_) / t : 0.0;
+  const double rate = t > 0 ? static_cast<double>(done_ - baseline_) / t : 0.0;
   const double pct = total_ > 0 ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100.0;
   std::string s = fmt("%.0f%% ", std::floor(pct)) + amount(static_cast<double>(done_)) + "/" +
                   amount(static_cast<double>(total_));
@@ -76,7 +76,13 @@ std::string Progress::status() const {
   if (done_ < total_) {  // no estimate from the first second
     s += ", ETA " + format_duration(rate > 0 && t >= 1.0 ? static_cast<double>(total_ - done_) / rate : NAN);
   }
+  if (!note_.empty()) s += ", " + note_;
   return s;
+}
+
+void Progress::set_baseline(int64_t done) {
+  baseline_ = std::clamp<int64_t>(done, 0, total_);
+  done_ = std::max(done_, baseline_);
 }
 
 void Progress::update(int64_t done) {

@@ -26,6 +26,10 @@ class Progress {
   void update(int64_t done);
   // Prints the final state and the elapsed time once; later calls do nothing.
   void finish();
+  // Work already done before this run (a resumed job): counted in the fraction, not in the rate and ETA.
+  void set_baseline(int64_t done);
+  // Extra fields appended to the status (e.g. "loss 2.31, lr 3.0e-04"); shown from the next print.
+  void set_note(std::string note) { note_ = std::move(note); }
 
   double elapsed_s() const;
   // The text of the status, e.g. "42% 7.1 GB/17.0 GB, 251 MB/s, ETA 0:39" (also what the lines print).
@@ -42,7 +46,8 @@ class Progress {
   std::string rate_str(double per_s) const;
 
   std::string label_, unit_;
-  int64_t total_ = 0, done_ = 0;
+  int64_t total_ = 0, done_ = 0, baseline_ = 0;
+  std::string note_;
   std::FILE* out_ = nullptr;
   Style style_ = Style::Lines;
   double interval_s_ = 5.0;

@@ -107,6 +107,14 @@ void run_encoder(const ModelImpl& im, const LossInput& in, const uint8_t* dec_ma
 
 }  // namespace
 
+int64_t scored_positions(const CepeConfig& cfg, const int64_t* labels, int64_t batch, int64_t len) {
+  const int64_t shift = cfg.architecture == Architecture::MaskedLM ? 0 : 1;
+  int64_t n = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = shift; t < len; ++t) n += labels[b * len + t] != kernels::kIgnoreIndex;
+  return n;
+}
+
 LossValue loss_and_gradients(const CepeModel& model, const LossInput& in, TrainableSet set, ModelWeights* grads) {
   const ModelImpl& im = model_impl(model);
   const CepeConfig& c = im.cfg;
@@ -180,14 +188,16 @@ LossValue loss_and_gradients(const CepeModel& model, const LossInput& in, Traina
     }
   int64_t count = 0;
   for (int64_t y : targets) count += y != kernels::kIgnoreIndex;
-  check(count > 0, "labels: no position is scored (every label is -100 after the shift)");
+  check(count > 0 || in.ce_normalizer > 0, "labels: no position is scored (every label is -100 after the shift)");
+  const double ce_norm = in.ce_normalizer > 0 ? in.ce_normalizer : static_cast<double>(count);
   const double lm_cof = cepe ? in.lm_loss_cof : 1.0;
   Tensor dlogits = grads ? Tensor::zeros(DType::F32, {BT, V}) : Tensor();
   float* dl = grads ? dlogits.f32() : nullptr;
   LossValue out;
   const kernels::LossSum ce =
-      kernels::cross_entropy(logits.f32(), BT, V, targets.data(), dl, static_cast<float>(lm_cof / static_cast<double>(count)));
-  out.ce = ce.sum / static_cast<double>(count);
+      kernels::cross_entropy(logits.f32(), BT, V, targets.data(), dl, static_cast<float>(lm_cof / ce_norm));
+  out.ce_sum = ce.sum;
+  out.ce = ce.sum / ce_norm;
   out.scored = count;
   out.loss = lm_cof * out.ce;
   if (in.distill && in.kl_loss_cof != 0.0) {
@@ -200,7 +210,8 @@ LossValue loss_and_gradients(const CepeModel& model, const LossInput& in, Traina
               static_cast<int64_t>(ds.prob.size()) == B * ds.len * (ds.k + 1),
           "distillation targets: sizes do not match [bsz][T][k] and [bsz][T][k+1]");
     check_ids(ds.index.data(), B * ds.len * ds.k, V, "distill_index");
-    const double rows = static_cast<double>(B * ds.len);  // batchmean over B·T rows
+    out.kl_rows = B * ds.len;
+    const double rows = in.kl_normalizer > 0 ? in.kl_normalizer : static_cast<double>(B * ds.len);  // batchmean
     double kl = 0.0;
     for (int64_t b = 0; b < B; ++b) {
       const int64_t r0 = b * T + T - ds.len;  // the last ds.len positions of row b
@@ -208,6 +219,7 @@ LossValue loss_and_gradients(const CepeModel& model, const LossInput& in, Traina
                                 ds.prob.data() + b * ds.len * (ds.k + 1), ds.k, ds.mode, ds.delta,
                                 dl ? dl + r0 * V : nullptr, static_cast<float>(in.kl_loss_cof / rows));
     }
+    out.kl_sum = kl;
     out.kl = kl / rows;
     out.loss += in.kl_loss_cof * out.kl;
   }

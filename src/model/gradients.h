@@ -37,13 +37,21 @@ struct LossInput {
   const int64_t* labels = nullptr;  // [B, T], kIgnoreIndex = not scored
   const Distillation* distill = nullptr;
   double lm_loss_cof = 1.0, kl_loss_cof = 0.0;  // CEPE models only (the others' loss is the plain CE)
+  // What the sums are divided by (0 = this batch's own): the scored positions and KL rows of a whole
+  // optimizer step (every micro-batch and rank), so that the gradient is that of one mean over the step.
+  double ce_normalizer = 0, kl_normalizer = 0;
 };
 
 struct LossValue {
-  double loss = 0;  // lm_loss_cof·ce + kl_loss_cof·kl
+  double loss = 0;  // lm_loss_cof·ce + kl_loss_cof·kl, with the normalizers used
   double ce = 0, kl = 0;
-  int64_t scored = 0;  // positions counted in ce
+  double ce_sum = 0, kl_sum = 0;  // before normalization
+  int64_t scored = 0;             // positions counted in ce
+  int64_t kl_rows = 0;
 };
+
+// Positions `labels` [B, T] scores (after the causal shift unless MaskedLM).
+int64_t scored_positions(const CepeConfig& cfg, const int64_t* labels, int64_t batch, int64_t len);
 
 // Zero F32 gradients for the trainable tensors of `model` (the others undefined), in a ModelWeights laid out
 // like the model's.
