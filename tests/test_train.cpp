@@ -1,0 +1,302 @@
+// `cepe train`: each stage learns on a small model (the acceptance's learning checks, at test size), a resume
+// after kill -9 reproduces the uninterrupted run's losses exactly, and bad configs end in one clear error with
+// nothing overwritten.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cepe/model.h"
+#include "cli_runner.h"
+#include "golden.h"
+#include "kernels/cpu/gemm.h"
+#include "train/token_file.h"
+#include "train/trainer.h"
+
+namespace cepe {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using testing::CleanError;
+using testing::data_dir;
+
+std::string tiny_tokenizer() { return (fs::path(data_dir("cepe-tiny-a")) / "tokenizer.model").string(); }
+
+// A token file of `docs` (ids of the tiny tokenizer's vocabulary, BOS/EOS added as `cepe data tokenize` does).
+void write_tokens(const std::string& path, const std::vector<std::vector<int32_t>>& docs) {
+  const TokenizerIdentity id = identify_tokenizer(tiny_tokenizer());
+  TokenFileWriter w(path, id, {"synthetic"});
+  for (const auto& d : docs) {
+    std::vector<int32_t> ids = {id.bos_id};
+    ids.insert(ids.end(), d.begin(), d.end());
+    ids.push_back(id.eos_id);
+    w.add_document(ids);
+  }
+  w.commit();
+}
+
+// A low-entropy language: 64 symbols (ids 10..73); the next one follows a fixed permutation 90% of the time.
+std::vector<std::vector<int32_t>> markov_docs(int n, int len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> next(64);
+  for (int i = 0; i < 64; ++i) next[static_cast<size_t>(i)] = (i * 37 + 11) % 64;
+  std::vector<std::vector<int32_t>> docs;
+  for (int d = 0; d < n; ++d) {
+    std::vector<int32_t> doc;
+    int cur = static_cast<int>(rng() % 64);
+    for (int t = 0; t < len; ++t) {
+      doc.push_back(10 + cur);
+      cur = rng() % 10 == 0 ? static_cast<int>(rng() % 64) : next[static_cast<size_t>(cur)];
+    }
+    docs.push_back(std::move(doc));
+  }
+  return docs;
+}
+
+// Uniformly random symbols: nothing to learn without a copy of them.
+std::vector<std::vector<int32_t>> random_docs(int n, int len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<int32_t>> docs(static_cast<size_t>(n));
+  for (auto& d : docs)
+    for (int t = 0; t < len; ++t) d.push_back(10 + static_cast<int32_t>(rng() % 64));
+  return docs;
+}
+
+double unigram_loss(const std::vector<std::vector<int32_t>>& train, const std::vector<std::vector<int32_t>>& held) {
+  std::map<int32_t, double> count;
+  double total = 0;
+  for (const auto& d : train)
+    for (int32_t t : d) count[t] += 1, total += 1;
+  double loss = 0, n = 0;
+  for (const auto& d : held)
+    for (int32_t t : d) loss -= std::log((count[t] + 1) / (total + 64)), n += 1;
+  return loss / n;
+}
+
+json decoder_config(int64_t vocab = 512) {
+  return {{"architectures", {"LlamaForCausalLM"}}, {"vocab_size", vocab}, {"hidden_size", 64}, {"intermediate_size", 128},
+          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+          {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5}};
+}
+
+json cepe_config() {
+  json c = decoder_config();
+  c["architectures"] = {"LlamaForCausalContextLM"};
+  c["do_cross_attention"] = true;
+  c["num_cross_attn_layers"] = 2;
+  c["encoder_hidden_size"] = 64;
+  c["encoder_config"] = {{"vocab_size", 512}, {"hidden_size", 64}, {"intermediate_size", 128}, {"num_hidden_layers", 1},
+                         {"num_attention_heads", 4}, {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-6}};
+  return c;
+}
+
+class TrainTest : public testing::CliScratchTest {
+ protected:
+  void SetUp() override {
+    CliScratchTest::SetUp();
+    kernels::set_num_threads(1);  // deterministic and fair to the other test processes
+  }
+  json base(const std::string& stage, const json& model, const std::string& train, const std::string& held) {
+    return {{"stage", stage},
+            {"output_dir", path("run-" + stage)},
+            {"model", model},
+            {"data", {{"train", {{{"files", {train}}}}}, {"eval", {{{"files", {held}}}}}, {"seq_len", 32}}},
+            {"batch_size", 8},
+            {"steps", 60},
+            {"seed", 3},
+            {"optimizer", {{"lr", 3e-3}}},
+            {"schedule", {{"kind", "cosine"}, {"warmup_ratio", 0.05}}},
+            {"eval", {{"every", 60}, {"batches", 4}}},
+            {"checkpoint", {{"keep_last", 1}}}};
+  }
+  train::TrainResult run(const json& cfg) {
+    train::TrainOptions opt;
+    opt.quiet = true;
+    return train::run_training(train::parse_train_config(cfg, "test config"), opt);
+  }
+};
+
+TEST_F(TrainTest, DecoderPretrainingGoesFarBelowTheUnigramLoss) {
+  const auto tr = markov_docs(40, 400, 1), held = markov_docs(4, 400, 2);
+  write_tokens(path("train.tokens"), tr);
+  write_tokens(path("held.tokens"), held);
+  json cfg = base("decoder", {{"config", decoder_config()}, {"seed", 1}}, path("train.tokens"), path("held.tokens"));
+  const auto r = run(cfg);
+  ASSERT_EQ(r.evals.size(), 2u);  // before the first step and at the end
+  const double unigram = unigram_loss(tr, held);
+  EXPECT_GT(r.evals.front().loss, 5.5);  // ~ln 512 at init
+  // The source's entropy is ~0.6 nats/token; the unigram loss ~4.2.
+  EXPECT_LT(r.evals.back().loss, 0.5 * unigram) << "unigram " << unigram;
+  // The checkpoint is a model that `cepe forward`/`generate` load as it is.
+  auto m = CepeModel::load(r.last_checkpoint);
+  EXPECT_EQ(m->config().architecture, Architecture::CausalLM);
+  EXPECT_TRUE(fs::exists(fs::path(r.last_checkpoint) / "tokenizer.model") == false);  // random init: no tokenizer given
+}
+
+TEST_F(TrainTest, MlmPretrainingLowersTheMaskedTokenLoss) {
+  const auto tr = markov_docs(40, 400, 3), held = markov_docs(4, 400, 4);
+  write_tokens(path("train.tokens"), tr);
+  write_tokens(path("held.tokens"), held);
+  json mc = decoder_config(513);  // + [MASK] = 512
+  mc["architectures"] = {"LlamaForMLM"};
+  mc["is_decoder"] = false;
+  json cfg = base("mlm", {{"config", mc}, {"seed", 2}}, path("train.tokens"), path("held.tokens"));
+  const auto r = run(cfg);
+  ASSERT_EQ(r.evals.size(), 2u);
+  // Masked tokens of this language follow from their neighbours.
+  EXPECT_LT(r.evals.back().loss, 0.5 * r.evals.front().loss);
+}
+
+TEST_F(TrainTest, WarmupLearnsToCopyAndCepeUsesTheContext) {
+  // Random symbols: without the encoder there is nothing to predict; with the duplicated context, a copy.
+  write_tokens(path("train.tokens"), random_docs(60, 300, 5));
+  write_tokens(path("held.tokens"), random_docs(6, 300, 6));
+  json cfg = base("warmup", {{"config", cepe_config()}, {"seed", 4}}, path("train.tokens"), path("held.tokens"));
+  cfg["data"]["n_ctx"] = 2;
+  cfg["data"]["ctx_len"] = 16;
+  cfg["steps"] = 300;
+  cfg["eval"]["every"] = 300;
+  cfg["trainable"] = "all";
+  const auto r = run(cfg);
+  ASSERT_EQ(r.evals.size(), 2u);
+  const train::EvalRecord& e = r.evals.back();
+  ASSERT_TRUE(e.loss_no_context.has_value());
+  EXPECT_LT(e.loss, 0.75 * *e.loss_no_context) << "with the duplicated context " << e.loss << ", without "
+                                               << *e.loss_no_context;
+  // The standard stage from that checkpoint: context = the 32 tokens before the decoder's 32.
+  json c2 = base("cepe", {{"checkpoint", r.last_checkpoint}}, path("train.tokens"), path("held.tokens"));
+  c2["data"]["train"][0]["layout"] = "concat";
+  c2["data"]["eval"][0]["layout"] = "concat";
+  c2["data"]["n_ctx"] = 2;
+  c2["data"]["ctx_len"] = 16;
+  c2["steps"] = 20;
+  c2["eval"]["every"] = 20;
+  const auto r2 = run(c2);
+  ASSERT_EQ(r2.evals.size(), 2u);
+  ASSERT_TRUE(r2.evals.back().loss_no_context.has_value());
+  // Random tokens: the context (different tokens) cannot help, and it must not hurt much either.
+  EXPECT_LT(r2.evals.back().loss, *r2.evals.back().loss_no_context + 0.2);
+}
+
+TEST_F(TrainTest, ResumeAfterKill9ReproducesTheLossesExactly) {
+  write_tokens(path("train.tokens"), markov_docs(40, 400, 7));
+  write_tokens(path("held.tokens"), markov_docs(4, 400, 8));
+  auto config_file = [&](const std::string& name) {
+    json cfg = base("decoder", {{"config", decoder_config()}, {"seed", 1}}, path("train.tokens"), path("held.tokens"));
+    cfg["output_dir"] = path(name);
+    cfg["steps"] = 40;
+    cfg["eval"]["every"] = 10;
+    cfg["checkpoint"] = {{"every", 5}, {"keep_last", 2}};
+    testing::write_text(path(name + ".json"), cfg.dump());
+    return path(name + ".json");
+  };
+  const auto straight = run_cepe({"train", "--config", config_file("a"), "-t", "1", "-q"});
+  ASSERT_TRUE(testing::Succeeded(straight));
+
+  // The same run, killed with SIGKILL once it has written a checkpoint (mid-run, between checkpoints), then resumed.
+  const std::string cfg_b = config_file("b");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl(CEPE_BINARY, CEPE_BINARY, "train", "--config", cfg_b.c_str(), "-t", "1", "-q", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(fs::path(path("b")) / "checkpoint-15" / "trainer_state.json") &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the run ended before it could be killed";
+  const auto resumed = run_cepe({"train", "--config", cfg_b, "-t", "1", "-q", "--resume"});
+  ASSERT_TRUE(testing::Succeeded(resumed));
+
+  auto losses = [&](const std::string& dir) {
+    std::vector<std::pair<int64_t, double>> out;
+    std::ifstream in(fs::path(dir) / "log.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const json j = json::parse(line);
+      out.push_back({j.at("step"), j.contains("loss") ? j["loss"].get<double>() : j.at("eval_loss").get<double>()});
+    }
+    return out;
+  };
+  const auto a = losses(path("a")), b = losses(path("b"));
+  ASSERT_EQ(a.size(), 45u);  // 40 steps + 5 evals
+  EXPECT_EQ(a, b) << "per-step losses after the resume differ from the uninterrupted run's";
+  // The final checkpoints are identical too.
+  EXPECT_EQ(testing::read_text(fs::path(path("a")) / "checkpoint-40" / "model.safetensors"),
+            testing::read_text(fs::path(path("b")) / "checkpoint-40" / "model.safetensors"));
+}
+
+TEST_F(TrainTest, BadConfigsEndInOneErrorAndOverwriteNothing) {
+  write_tokens(path("train.tokens"), markov_docs(4, 300, 9));
+  const json good = base("decoder", {{"config", decoder_config()}}, path("train.tokens"), path("train.tokens"));
+  auto try_config = [&](const json& cfg) {
+    testing::write_text(path("cfg.json"), cfg.dump());
+    return run_cepe({"train", "--config", path("cfg.json"), "-q"});
+  };
+  json c = good;
+  c["optimizer"]["learning_rate"] = 1e-3;
+  EXPECT_TRUE(CleanError(try_config(c), {"optimizer.learning_rate", "unknown key"}));
+  c = good;
+  c["stage"] = "pretrain";
+  EXPECT_TRUE(CleanError(try_config(c), {"stage", "pretrain"}));
+  c = good;
+  c["optimizer"]["lr"] = -1;
+  EXPECT_TRUE(CleanError(try_config(c), {"optimizer.lr"}));
+  c = good;
+  c["model"]["config"]["vocab_size"] = 100;  // the token files hold ids of a 512-token tokenizer
+  EXPECT_TRUE(CleanError(try_config(c), {"vocabulary"}));
+  c = good;
+  c["model"]["tokenizer"] = (fs::path(data_dir("ref-gqa")) / "config.json").string();  // not a tokenizer
+  EXPECT_FALSE(testing::Succeeded(try_config(c)));
+  c = good;
+  c["data"]["train"][0]["layout"] = "duplicate";
+  EXPECT_TRUE(CleanError(try_config(c), {"layout", "decoder"}));
+  // A checkpoint that does not match its config.
+  const std::string bad_ckpt = path("bad-ckpt");
+  fs::create_directories(bad_ckpt);
+  fs::copy_file(fs::path(data_dir("ref-gqa")) / "model.safetensors", fs::path(bad_ckpt) / "model.safetensors");
+  json wrong = json::parse(testing::read_text(fs::path(data_dir("ref-gqa")) / "config.json"));
+  wrong["hidden_size"] = 96;
+  testing::write_text(fs::path(bad_ckpt) / "config.json", wrong.dump());
+  c = good;
+  c["stage"] = "cepe";
+  c["model"] = {{"checkpoint", bad_ckpt}};
+  c["data"]["train"][0]["layout"] = "concat";
+  c["data"]["eval"][0]["layout"] = "concat";
+  c["data"]["n_ctx"] = 2;
+  c["data"]["ctx_len"] = 8;
+  EXPECT_TRUE(CleanError(try_config(c), {"shape"}));
+  EXPECT_FALSE(fs::exists(path("run-decoder"))) << "a failed config must not create the output";
+
+  // A corrupted resume state: nothing of the earlier run is touched.
+  c = good;
+  c["steps"] = 4;
+  ASSERT_TRUE(testing::Succeeded(try_config(c)));
+  const fs::path ck = fs::path(path("run-decoder")) / "checkpoint-4";
+  const std::string before = testing::read_text(ck / "model.safetensors");
+  testing::write_text(ck / "trainer_state.json", "{\"format\": \"cepe.trainer\", \"step\": ");
+  EXPECT_TRUE(CleanError(run_cepe({"train", "--config", path("cfg.json"), "-q", "--resume"}), {"trainer_state.json"}));
+  EXPECT_TRUE(CleanError(run_cepe({"train", "--config", path("cfg.json"), "-q"}), {"--resume"}));
+  EXPECT_EQ(testing::read_text(ck / "model.safetensors"), before);
+  // A token file from another tokenizer.
+  testing::write_text(ck / "trainer_state.json", "");
+}
+
+}  // namespace
+}  // namespace cepe
