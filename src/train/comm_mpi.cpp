@@ -185,7 +185,8 @@ class MpiCommunicator final : public Communicator {
     state_->cv.notify_all();
     thread_.join();
     if (failing) {
-      // Requests may still be posted on the scratch buffer: keep it, and skip MPI_Comm_free (not finalizing).
+      // Requests may still be posted on the scratch buffer: keep the state alive on purpose (a small leak on the
+      // way out of a failed process), and skip MPI_Comm_free (MPI will not be finalized).
       new std::shared_ptr<State>(state_);
       return;
     }
