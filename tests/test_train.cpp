@@ -21,6 +21,7 @@
 #include "cli_runner.h"
 #include "golden.h"
 #include "kernels/cpu/gemm.h"
+#include "train/teacher.h"
 #include "train/token_file.h"
 #include "train/tokenize_corpus.h"
 #include "train/trainer.h"
@@ -213,6 +214,43 @@ TEST_F(TrainTest, WarmupLearnsToCopyAndCepeUsesTheContext) {
   // Random words: the context (other words) cannot help much, and it must not hurt either.
   EXPECT_LT(r2.evals.back().loss, *r2.evals.back().loss_no_context + 0.05);
   EXPECT_LT(r2.evals.back().loss, r2.evals.front().loss);
+}
+
+TEST_F(TrainTest, CepedLowersItsKlToTheTeacher) {
+  write_tokens(path("train.tokens"), markov_docs(40, 400, 11));
+  write_tokens(path("held.tokens"), markov_docs(4, 400, 12));
+  // The teacher: a decoder pretrained here, reading context + decoder tokens in its own window.
+  const auto dec = run(base("decoder", {{"config", decoder_config()}, {"seed", 1}}, path("train.tokens"), path("held.tokens")));
+  json cfg = base("ceped", {{"config", cepe_config()}, {"seed", 2}}, path("train.tokens"), path("held.tokens"));
+  cfg["data"]["train"][0]["layout"] = "concat";
+  cfg["data"]["eval"][0]["layout"] = "concat";
+  cfg["data"]["n_ctx"] = 2;
+  cfg["data"]["ctx_len"] = 16;
+  cfg["data"]["teacher"] = path("teacher.st");
+  cfg["loss"] = {{"kl_loss_cof", 2.0}, {"kl_loss_mode", "smooth_1e-6"}};
+  cfg["trainable"] = "all";
+  cfg["steps"] = 40;
+  const train::TrainConfig tc = train::parse_train_config(cfg, "test config");
+  train::TeacherOptions t;
+  t.teacher = dec.last_checkpoint;
+  t.output = path("teacher.st");
+  t.samples = 40 * 8;
+  t.top_k = 8;
+  t.quiet = true;
+  train::write_teacher_targets(tc, t);
+  const auto r = run(cfg);
+  ASSERT_EQ(r.steps.size(), 40u);
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) first += r.steps[static_cast<size_t>(i)].kl / 5, last += r.steps[static_cast<size_t>(35 + i)].kl / 5;
+  EXPECT_GT(first, 0.5);  // a random student is far from the teacher
+  EXPECT_LT(last, 0.5 * first) << "KL over the first 5 steps " << first << ", the last 5 " << last;
+  // Targets must match the run's samples and cover them.
+  cfg["seed"] = 4;
+  EXPECT_THROW(run(cfg), Error);
+  cfg["seed"] = 3;
+  cfg["steps"] = 41;
+  cfg["output_dir"] = path("run-ceped-2");
+  EXPECT_THROW(run(cfg), Error);
 }
 
 TEST_F(TrainTest, ResumeAfterKill9ReproducesTheLossesExactly) {

@@ -16,7 +16,9 @@
 #include "cepe/error.h"
 #include "commands.h"
 #include "core/progress.h"
+#include "kernels/cpu/gemm.h"
 #include "train/samplers.h"
+#include "train/teacher.h"
 #include "train/token_file.h"
 #include "train/tokenize_corpus.h"
 
@@ -30,6 +32,7 @@ const char* kDataHelp =
     "  tokenize -m TOKENIZER -o OUT.tokens INPUT...   text files / .jsonl files / folders into a token file\n"
     "  info FILE [-m TOKENIZER]                       header and statistics of a token file\n"
     "  sample FILE... --layout L --seq-len T [...]    print samples of a training layout as JSON\n"
+    "  teacher --config TRAIN.json -m TEACHER -o OUT --samples N   CEPED teacher top-k targets\n"
     "\n"
     "Run `cepe data <subcommand> --help` for its options.\n";
 
@@ -206,6 +209,36 @@ int data_sample(int argc, char** argv) {
   return 0;
 }
 
+const char* kTeacherHelp =
+    "usage: cepe data teacher --config TRAIN.json -m TEACHER -o OUT.teacher --samples N [--top-k K] [--batch B] [-t N]\n"
+    "  CEPED teacher targets (spec 3.6): TEACHER (a causal LM checkpoint) reads each of the first N training samples\n"
+    "  of TRAIN.json (a ceped config) with its context inside its own window (the n_ctx x ctx_len context tokens,\n"
+    "  then the seq_len decoder tokens) and keeps, at the last seq_len positions, the top-K probabilities plus the\n"
+    "  rest (fp16) and their ids (int32), row i = global sample i. K defaults to 50, as the reference.\n";
+
+int data_teacher(int argc, char** argv) {
+  Args args(argc, argv, {{"--config", "-c"}, {"--model", "-m"}, {"--output", "-o"}, {"--samples"}, {"--top-k"},
+                         {"--batch"}, {"--threads", "-t"}},
+            {{"--help", "-h"}, {"--quiet", "-q"}});
+  if (args.has("--help")) {
+    std::fputs(kTeacherHelp, stdout);
+    return 0;
+  }
+  if (!args.positional().empty()) throw Error("unexpected argument '" + args.positional()[0] + "'");
+  kernels::set_num_threads(args.threads());
+  const train::TrainConfig cfg = train::load_train_config(args.required("--config"));
+  train::TeacherOptions opt;
+  opt.teacher = args.required("--model");
+  opt.output = args.required("--output");
+  opt.samples = args.integer("--samples", 0, 1, int64_t{1} << 40);
+  opt.top_k = args.integer("--top-k", 50, 1, 1 << 20);
+  opt.batch = args.integer("--batch", 4, 1, 1 << 16);
+  opt.quiet = args.has("--quiet");
+  if (opt.samples == 0) throw Error("--samples is required (how many training samples the targets cover)");
+  train::write_teacher_targets(cfg, opt);
+  return 0;
+}
+
 }  // namespace
 
 int cmd_data(int argc, char** argv) {
@@ -217,7 +250,8 @@ int cmd_data(int argc, char** argv) {
   if (sub == "tokenize") return data_tokenize(argc - 1, argv + 1);
   if (sub == "info") return data_info(argc - 1, argv + 1);
   if (sub == "sample") return data_sample(argc - 1, argv + 1);
-  throw Error("unknown data subcommand '" + sub + "' (tokenize, info, sample)");
+  if (sub == "teacher") return data_teacher(argc - 1, argv + 1);
+  throw Error("unknown data subcommand '" + sub + "' (tokenize, info, sample, teacher)");
 }
 
 }  // namespace cepe::cli

@@ -27,28 +27,6 @@ const char* kGradHelp =
     "  --trainable: cross_attn | cross_attn,encoder | all (default; the only set without cross-attention).\n"
     "  OUT.safetensors: loss (F32 [1]) and the F32 gradient of each trainable parameter, under its name.\n";
 
-// kl_loss_mode: drop | smooth_<δ> (the reference parses δ as float(mode.split("_")[-1])).
-kernels::KlMode parse_kl_mode(const std::string& mode, const std::string& origin, double* delta) {
-  if (mode == "drop") return kernels::KlMode::Drop;
-  if (mode.rfind("smooth_", 0) == 0) {
-    const std::string v = mode.substr(7);
-    size_t used = 0;
-    double d = -1;
-    try {
-      d = std::stod(v, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == v.size() && !v.empty() && std::isfinite(d) && d >= 0) {
-      *delta = d;
-      return kernels::KlMode::Smooth;
-    }
-  }
-  throw Error(origin + ": kl_loss_mode '" + mode + "' is not drop or smooth_<delta> with a number delta >= 0" +
-              (mode == "smooth" ? " (the reference's default 'smooth' has no delta: give kl_loss_mode in the request)"
-                                : ""));
-}
-
 }  // namespace
 
 int cmd_grad(int argc, char** argv) {

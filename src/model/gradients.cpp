@@ -1,6 +1,7 @@
 #include "model/gradients.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "model/cross_attention.h"
 #include "model/heads.h"
@@ -35,6 +36,29 @@ bool is_trainable(const TensorEntry& e, TrainableSet s) {
   }
   return false;
 }
+
+// kl_loss_mode: drop | smooth_<δ> (the reference parses δ as float(mode.split("_")[-1])).
+kernels::KlMode parse_kl_mode(const std::string& mode, const std::string& origin, double* delta) {
+  if (mode == "drop") return kernels::KlMode::Drop;
+  if (mode.rfind("smooth_", 0) == 0) {
+    const std::string v = mode.substr(7);
+    size_t used = 0;
+    double d = -1;
+    try {
+      d = std::stod(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == v.size() && !v.empty() && std::isfinite(d) && d >= 0) {
+      *delta = d;
+      return kernels::KlMode::Smooth;
+    }
+  }
+  throw Error(origin + ": kl_loss_mode '" + mode + "' is not drop or smooth_<delta> with a number delta >= 0" +
+              (mode == "smooth" ? " (the reference's default 'smooth' has no delta: give kl_loss_mode in the request)"
+                                : ""));
+}
+
 
 ModelWeights make_gradients(const CepeModel& model, TrainableSet set) {
   const CepeConfig& c = model.config();

@@ -28,6 +28,10 @@ struct Distillation {
   double delta = 0;            // smooth_δ
 };
 
+// kl_loss_mode: drop | smooth_<δ>, δ a number >= 0 (the reference parses float(mode.split("_")[-1])); errors
+// start with `origin`.
+kernels::KlMode parse_kl_mode(const std::string& mode, const std::string& origin, double* delta);
+
 struct LossInput {
   const int32_t* ids = nullptr;  // [B, T]
   int64_t batch = 0, len = 0;

@@ -21,6 +21,7 @@
 #include "train/comm.h"
 #include "train/samplers.h"
 #include "train/schedule.h"
+#include "train/teacher.h"
 #include "train/token_file.h"
 
 namespace cepe::train {
@@ -194,6 +195,7 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
         c.data.extra_special_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
       }
     }
+    c.data.teacher = d.str("teacher", "");
     Obj cm = d.sub("context_masking");
     c.data.mask_prob = cm.num("mask_prob", 0, 0, 1);
     c.data.mask_seq_prob = cm.num("mask_seq_prob", 0, 0, 1);
@@ -264,8 +266,13 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
     l.done();
   }
   o.done();
-  if (c.stage == Stage::Ceped)
-    throw Error(origin + ": stage ceped needs teacher top-k files, which `cepe train` cannot read yet (not implemented)");
+  if (c.stage == Stage::Ceped && c.data.teacher.empty())
+    o.fail("data", "of stage ceped needs `teacher`: the teacher targets written by `cepe data teacher`");
+  if (c.stage != Stage::Ceped && !c.data.teacher.empty()) o.fail("data.teacher", "is only read by stage ceped");
+  if (c.stage == Stage::Ceped) {
+    double delta = 0;
+    parse_kl_mode(c.kl_loss_mode, origin + ": loss.kl_loss_mode", &delta);
+  }
   return c;
 }
 
@@ -333,8 +340,10 @@ void check_model_fits_stage(const TrainConfig& c, const CepeModel& model) {
                 (model.has_context_encoder() ? " with cross-attention" : ""));
 }
 
-SamplerConfig sampler_config(const TrainConfig& c, const std::vector<StreamSpec>& streams, bool train, int world,
-                             int rank, int64_t batch) {
+}  // namespace
+
+SamplerConfig make_sampler_config(const TrainConfig& c, bool train, int world, int rank, int64_t batch) {
+  const std::vector<StreamSpec>& streams = train ? c.data.train : c.data.eval;
   SamplerConfig s;
   for (const StreamSpec& st : streams) {
     StreamConfig sc;
@@ -363,6 +372,8 @@ SamplerConfig sampler_config(const TrainConfig& c, const std::vector<StreamSpec>
   s.batch_size = batch;
   return s;
 }
+
+namespace {
 
 // The token files must come from the model's tokenizer (when it has one) and fit its vocabularies.
 void check_data_fits_model(const Sampler& s, const CepeModel& model, const std::string& tokenizer) {
@@ -502,13 +513,24 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     const std::string src = !resume_from.empty() ? resume_from.string() : !c.model.checkpoint.empty() ? c.model.checkpoint : c.model.decoder;
     if (!src.empty() && fs::exists(fs::path(src) / "tokenizer.model")) tokenizer = (fs::path(src) / "tokenizer.model").string();
   }
-  Sampler train_data(sampler_config(c, c.data.train, true, world, rank, c.batch_size));
+  Sampler train_data(make_sampler_config(c, true, world, rank, c.batch_size));
   check_data_fits_model(train_data, *model, tokenizer);
   const int64_t eval_batch = c.eval_batch_size > 0 ? c.eval_batch_size : c.batch_size;
   std::optional<Sampler> eval_data;
   if (!c.data.eval.empty()) {
-    eval_data.emplace(sampler_config(c, c.data.eval, false, world, rank, eval_batch));
+    eval_data.emplace(make_sampler_config(c, false, world, rank, eval_batch));
     check_data_fits_model(*eval_data, *model, tokenizer);
+  }
+  std::optional<TeacherTargets> teacher;
+  double kl_delta = 0;
+  kernels::KlMode kl_mode = kernels::KlMode::Drop;
+  if (c.stage == Stage::Ceped) {
+    teacher.emplace(TeacherTargets::open(c.data.teacher, c, mc.decoder.vocab_size));
+    kl_mode = parse_kl_mode(c.kl_loss_mode, "loss.kl_loss_mode", &kl_delta);
+    const int64_t needed = c.steps * c.grad_accum * c.batch_size * world;
+    if (needed > teacher->samples())
+      throw Error(c.data.teacher + ": teacher targets for " + std::to_string(teacher->samples()) + " samples, the run needs " +
+                  std::to_string(needed) + " (steps x grad_accum x batch_size x ranks): write more with `cepe data teacher --samples`");
   }
   ModelWeights grads = make_gradients(*model, set);
   std::vector<ParamSlot> slots = param_slots(*model, grads);
@@ -653,14 +675,15 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   while (step < c.steps) {
     // One optimizer step: grad_accum micro-batches on every rank, one mean over all their scored positions.
     std::vector<Batch> micro;
-    double counts[2] = {0, 0};  // scored positions, tokens
+    double counts[3] = {0, 0, 0};  // scored positions, tokens, KL rows
     for (int64_t m = 0; m < c.grad_accum; ++m) {
       micro.push_back(train_data.batch(step * c.grad_accum + m));
       std::vector<int64_t> lab(micro.back().labels.begin(), micro.back().labels.end());
       counts[0] += static_cast<double>(scored_positions(mc, lab.data(), micro.back().rows, micro.back().seq_len));
       counts[1] += static_cast<double>(micro.back().rows * (micro.back().seq_len + micro.back().n_ctx * micro.back().ctx_len));
+      if (teacher) counts[2] += static_cast<double>(micro.back().rows * teacher->len());
     }
-    comm->allreduce_sum(counts, 2);
+    comm->allreduce_sum(counts, 3);
     if (counts[0] == 0) throw Error("step " + std::to_string(step + 1) + ": no position of the batch is scored (labels all -100)");
     double sums[2] = {0, 0};  // Σ ce, Σ kl
     for (const Batch& b : micro) {
@@ -668,7 +691,23 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
       if (x.chunks.batch > 0) x.in.context = &x.chunks;
       x.in.lm_loss_cof = c.lm_loss_cof;
       x.in.ce_normalizer = counts[0];
-      if (scored_positions(mc, x.labels.data(), b.rows, b.seq_len) == 0 && c.kl_loss_cof == 0) continue;
+      Distillation ds;
+      if (teacher) {
+        ds.len = teacher->len();
+        ds.k = teacher->k();
+        ds.mode = kl_mode;
+        ds.delta = kl_delta;
+        ds.index.resize(static_cast<size_t>(b.rows * ds.len * ds.k));
+        ds.prob.resize(static_cast<size_t>(b.rows * ds.len * (ds.k + 1)));
+        for (int64_t r = 0; r < b.rows; ++r)
+          teacher->fill(b.sample_index[static_cast<size_t>(r)], ds.index.data() + r * ds.len * ds.k,
+                        ds.prob.data() + r * ds.len * (ds.k + 1));
+        x.in.distill = &ds;
+        x.in.kl_loss_cof = c.kl_loss_cof;
+        x.in.kl_normalizer = counts[2];
+      } else if (scored_positions(mc, x.labels.data(), b.rows, b.seq_len) == 0) {
+        continue;  // nothing to learn from this micro-batch
+      }
       const LossValue v = loss_and_gradients(*model, x.in, set, &grads);
       sums[0] += v.ce_sum;
       sums[1] += v.kl_sum;
@@ -683,7 +722,8 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     StepRecord rec;
     rec.step = step;
     rec.ce = sums[0] / counts[0];
-    rec.loss = (cepe ? c.lm_loss_cof : 1.0) * rec.ce;
+    rec.kl = teacher ? sums[1] / counts[2] : 0.0;
+    rec.loss = (cepe ? c.lm_loss_cof : 1.0) * rec.ce + (teacher ? c.kl_loss_cof * rec.kl : 0.0);
     rec.lr = lr;
     rec.grad_norm = clip.total_norm;
     result.steps.push_back(rec);
@@ -691,7 +731,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     tokens_run += static_cast<int64_t>(counts[1]);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step % c.log_every == 0 || step == c.steps)
-      log_line({{"step", step}, {"loss", rec.loss}, {"ce", rec.ce}, {"lr", lr}, {"grad_norm", rec.grad_norm},
+      log_line({{"step", step}, {"loss", rec.loss}, {"ce", rec.ce}, {"kl", rec.kl}, {"lr", lr}, {"grad_norm", rec.grad_norm},
                 {"tokens", static_cast<int64_t>(counts[1])}, {"tokens_per_s", elapsed > 0 ? tokens_run / elapsed : 0.0},
                 {"elapsed_s", elapsed}});
     bar.set_note("loss " + fmt("%.4f", rec.loss) + ", lr " + fmt("%.2e", lr) + ", " +

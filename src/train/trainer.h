@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "train/optimizer.h"
+#include "train/samplers.h"
 
 namespace cepe::train {
 
@@ -50,6 +51,7 @@ struct TrainConfig {
     int32_t mask_id = -1;
     std::vector<int32_t> extra_special_ids;
     double mask_prob = 0, mask_seq_prob = 0;
+    std::string teacher;  // ceped: the teacher targets (`cepe data teacher`)
   } data;
   int64_t batch_size = 1, grad_accum = 1, steps = 0;
   uint64_t seed = 0;
@@ -65,6 +67,9 @@ struct TrainConfig {
   int64_t log_every = 1;
   nlohmann::json raw;  // the config as given, stored in checkpoints (a resume must use the same)
 };
+
+// The sampler of the config's training (train = true) or held-out data, for `world` ranks of `batch` rows.
+SamplerConfig make_sampler_config(const TrainConfig& c, bool train, int world, int rank, int64_t batch);
 
 // Parses and validates (unknown keys, wrong types and out-of-range values are errors naming the key).
 TrainConfig parse_train_config(const nlohmann::json& j, const std::string& origin);
