@@ -276,6 +276,42 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
   return c;
 }
 
+TrainerState parse_trainer_state(const json& j, const std::string& origin) {
+  auto bad = [&](const std::string& what) -> Error { return Error(origin + ": not a valid cepe trainer state: " + what); };
+  if (!j.is_object() || !j.contains("format") || j["format"] != "cepe.trainer") throw bad("format is not cepe.trainer");
+  if (!j.contains("step") || !j["step"].is_number_integer() || j["step"].get<int64_t>() < 0) throw bad("no step >= 0");
+  if (!j.contains("config") || !j["config"].is_object()) throw bad("no config");
+  TrainerState st;
+  st.step = j["step"].get<int64_t>();
+  st.config = j["config"];
+  if (j.contains("history")) {
+    const json& h = j["history"];
+    if (!h.is_object()) throw bad("history is not an object");
+    if (h.contains("train")) {
+      if (!h["train"].is_array()) throw bad("history.train is not a list");
+      for (const json& e : h["train"]) {
+        if (!e.is_array() || e.size() != 2 || !e[0].is_number_integer() || !e[1].is_number())
+          throw bad("history.train entries must be [step, loss]");
+        st.train.push_back({e[0].get<int64_t>(), e[1].get<double>()});
+      }
+    }
+    if (h.contains("eval")) {
+      if (!h["eval"].is_array()) throw bad("history.eval is not a list");
+      for (const json& e : h["eval"]) {
+        if (!e.is_object() || !e.contains("step") || !e["step"].is_number_integer() || !e.contains("loss") ||
+            !e["loss"].is_number() || (e.contains("loss_no_context") && !e["loss_no_context"].is_number()))
+          throw bad("history.eval entries must be {step, loss[, loss_no_context]}");
+        EvalRecord r;
+        r.step = e["step"].get<int64_t>();
+        r.loss = e["loss"].get<double>();
+        if (e.contains("loss_no_context")) r.loss_no_context = e["loss_no_context"].get<double>();
+        st.evals.push_back(r);
+      }
+    }
+  }
+  return st;
+}
+
 TrainConfig load_train_config(const std::string& path) {
   return parse_train_config(read_json_file(path, "training config"), path);
 }
@@ -483,20 +519,16 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   int64_t start_step = 0;
   std::shared_ptr<CepeModel> model;
   fs::path resume_from;
-  json resumed_state;
+  std::optional<TrainerState> resumed_state;
   if (opt.resume && !existing.empty()) {
     resume_from = existing.back().second;
     const std::string state_path = (resume_from / kStateFile).string();
-    resumed_state = read_json_file(state_path, "trainer state");
-    if (!resumed_state.is_object() || resumed_state.value("format", "") != "cepe.trainer" ||
-        !resumed_state.contains("step") || !resumed_state["step"].is_number_integer() ||
-        !resumed_state.contains("config"))
-      throw Error(state_path + ": not a cepe trainer state (format, step, config)");
-    start_step = resumed_state["step"].get<int64_t>();
-    if (start_step != existing.back().first || start_step < 0 || start_step > c.steps)
+    resumed_state = parse_trainer_state(read_json_file(state_path, "trainer state"), state_path);
+    start_step = resumed_state->step;
+    if (start_step != existing.back().first || start_step > c.steps)
       throw Error(state_path + ": step " + std::to_string(start_step) + " does not match its checkpoint or the config's " +
                   std::to_string(c.steps) + " steps");
-    if (resumed_state["config"] != c.raw)
+    if (resumed_state->config != c.raw)
       throw Error(c.output_dir + ": the run there used a different config; resume it with the same config (" +
                   (resume_from / "train_config.json").string() + ") or choose another output_dir");
     model = CepeModel::load(resume_from.string(), LoadOptions{.owned_f32 = true});
@@ -548,16 +580,9 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   // History (for the plot) comes back from the checkpoint; the log keeps only what that checkpoint covers.
   std::vector<std::pair<int64_t, double>> history;
   TrainResult result;
-  if (!resumed_state.is_null() && resumed_state.contains("history")) {
-    for (const json& h : resumed_state["history"].value("train", json::array()))
-      history.push_back({h.at(0).get<int64_t>(), h.at(1).get<double>()});
-    for (const json& e : resumed_state["history"].value("eval", json::array())) {
-      EvalRecord r;
-      r.step = e.at("step");
-      r.loss = e.at("loss");
-      if (e.contains("loss_no_context")) r.loss_no_context = e["loss_no_context"].get<double>();
-      result.evals.push_back(r);
-    }
+  if (resumed_state) {
+    history = resumed_state->train;
+    result.evals = resumed_state->evals;
   }
   const fs::path log_path = out_dir / "log.jsonl";
   std::FILE* log = nullptr;

@@ -100,6 +100,15 @@ struct TrainResult {
   bool interrupted = false;
 };
 
+// A checkpoint's trainer_state.json: the step, the config the run used, and the loss history (for plots).
+struct TrainerState {
+  int64_t step = 0;
+  nlohmann::json config;
+  std::vector<std::pair<int64_t, double>> train;
+  std::vector<EvalRecord> evals;
+};
+TrainerState parse_trainer_state(const nlohmann::json& j, const std::string& origin);
+
 // Runs the stage; `comm` (null: one process) shards the batches and sums the gradients across ranks.
 TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt, Communicator* comm = nullptr);
 

@@ -127,6 +127,51 @@ def main():
         "doc_offsets": ("I64", [4], struct.pack("<4q", 0, 6, 8, 12)),
         "tokens": ("I32", [12], struct.pack("<12i", *toks))}, meta, order=["doc_offsets", "tokens"]))
 
+    # grad requests (cepe grad): the gradient fixtures' own requests.
+    for name in ("grad-gqa-kl-drop", "grad-mlm", "grad-padded-batch-kl-smooth"):
+        write("request", name + ".json", open(os.path.join(DATA, name, "request.json"), "rb").read())
+
+    # Training configs (docs/training.md) and a trainer state.
+    dec = {"architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    write("train_config", "decoder.json", json.dumps({
+        "stage": "decoder", "output_dir": "run", "model": {"config": dec, "seed": 1},
+        "data": {"train": [{"files": ["train.tokens"]}], "eval": [{"files": ["held.tokens"]}], "seq_len": 64},
+        "batch_size": 8, "grad_accum": 2, "steps": 100, "optimizer": {"lr": 3e-3, "weight_decay": 0.01},
+        "schedule": {"kind": "cosine", "warmup_ratio": 0.04}, "eval": {"every": 20, "batches": 4},
+        "checkpoint": {"every": 20, "keep_last": 2}}, indent=1))
+    write("train_config", "warmup.json", json.dumps({
+        "stage": "warmup", "output_dir": "run", "model": {"decoder": "dec", "encoder": "mlm", "init_mode": "copy"},
+        "trainable": "cross_attn,encoder",
+        "data": {"train": [{"files": ["a.tokens"], "layout": "duplicate"}], "seq_len": 256, "n_ctx": 4, "ctx_len": 64,
+                 "context_masking": {"mask_prob": 0.3, "mask_seq_prob": 0.1}},
+        "steps": 4000, "optimizer": {"lr": 5e-4}}))
+    write("train_config", "ceped.json", json.dumps({
+        "stage": "ceped", "output_dir": "run", "model": {"checkpoint": "ck"},
+        "data": {"train": [{"files": ["a.tokens"], "layout": "filtered", "weight": 2},
+                           {"files": ["b.tokens"], "layout": "concat", "weight": 1}],
+                 "seq_len": 2048, "n_ctx": 8, "ctx_len": 256, "teacher": "t.teacher"},
+        "steps": 10, "loss": {"kl_loss_cof": 2, "kl_loss_mode": "smooth_1e-6"}}))
+    write("train_config", "trainer_state.json", json.dumps({
+        "format": "cepe.trainer", "version": 1, "step": 20, "config": {"stage": "decoder"},
+        "history": {"train": [[1, 6.2], [2, 6.1]], "eval": [{"step": 0, "loss": 6.3, "loss_no_context": 6.4}]}}))
+
+    # Teacher targets for fuzz_teacher.cpp's config (samples_of as nlohmann dumps it: sorted keys, compact).
+    samples_of = json.dumps({"data": {"ctx_len": 2, "n_ctx": 2, "seq_len": 4,
+                                      "train": [{"files": ["x.tokens"], "layout": "concat"}]}, "seed": 0},
+                            sort_keys=True, separators=(",", ":"))
+    n, t, k = 2, 4, 3
+    idx = [(i * 7 + 3) % 16 for i in range(n * t * k)]
+    half = {0.5: 0x3800, 0.25: 0x3400, 0.125: 0x3000}
+    probs = []
+    for _ in range(n * t):
+        probs += [half[0.5], half[0.25], half[0.125], half[0.125]]
+    write("teacher", "small.teacher", safetensors({
+        "index": ("I32", [n, t, k], struct.pack("<%di" % len(idx), *idx)),
+        "prob": ("F16", [n, t, k + 1], struct.pack("<%dH" % len(probs), *probs))},
+        {"format": "cepe.teacher", "version": "1", "k": str(k), "seq_len": str(t), "samples": str(n), "teacher": "m",
+         "samples_of": samples_of}))
+
     # The tiny fixture's tokenizer is already small (8 KB).
     write("tokenizer", "tiny_a.model", open(os.path.join(model, "tokenizer.model"), "rb").read())
 
