@@ -118,27 +118,8 @@ void absorbed(const Shapes& s, const CrossAttentionWeights& w, const Tensor& phi
   thread_local std::vector<float> qf, u, out;
   for (int64_t t0 = 0; t0 < s.T; t0 += tb_max) {
     const int64_t tb = std::min(tb_max, s.T - t0), M = s.Hq * tb;
-    // Fold: qf[h*tb + t] = scale * Σ_i q[t, h, i] W_k[g*hd + i, :], streaming W_k row by row (any dtype);
-    // the KV groups are independent, so the threads split them.
-    qf.assign(static_cast<size_t>(M * s.de), 0.0f);
-    float* const qf_data = qf.data();  // qf is this thread's: the team must not name it
-    const size_t es = dtype_size(w.k.dtype());
-#pragma omp parallel for schedule(static) if (s.Hkv > 1)
-    for (int64_t g = 0; g < s.Hkv; ++g) {
-      thread_local std::vector<float> wrow;
-      wrow.resize(static_cast<size_t>(s.de));
-      for (int64_t i = 0; i < s.hd; ++i) {
-        const int64_t row = g * s.hd + i;
-        convert_to_f32(w.k.dtype(), static_cast<const char*>(w.k.raw()) + static_cast<size_t>(row * s.de) * es,
-                       wrow.data(), s.de);
-        for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h)
-          for (int64_t t = 0; t < tb; ++t) {
-            const float c = s.scale * q[(b * s.T + t0 + t) * s.qd + h * s.hd + i];
-            float* dst = qf_data + (h * tb + t) * s.de;
-            for (int64_t e = 0; e < s.de; ++e) dst[e] += c * wrow[static_cast<size_t>(e)];
-          }
-      }
-    }
+    qf.resize(static_cast<size_t>(M * s.de));
+    kernels::fold_queries(q + (b * s.T + t0) * s.qd, s.qd, tb, s.Hq, s.Hkv, s.hd, w.k, s.scale, qf.data());
     u.resize(static_cast<size_t>(M * s.de));
     kernels::shared_kv_attention(qf.data(), M, s.de, phi_b, phi.dtype(), s.K, mask_b, u.data());
     // out[t, h] = W_v,g u[h, t]: one linear per head over its group's rows of W_v.

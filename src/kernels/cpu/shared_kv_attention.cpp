@@ -572,4 +572,27 @@ void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DT
   detail::shared_kv_attention(q, M, D, s, dt, N, mask, out, detail::gemv_best_isa());
 }
 
+void fold_queries(const float* q, int64_t q_stride, int64_t tokens, int64_t Hq, int64_t Hkv, int64_t hd,
+                  const Tensor& Wk, float scale, float* out) {
+  const int64_t de = Wk.dim(1), group = Hq / Hkv;
+  std::fill(out, out + Hq * tokens * de, 0.0f);
+  const size_t es = dtype_size(Wk.dtype());
+  // The KV groups write disjoint rows of `out`: the threads split them.
+#pragma omp parallel for schedule(static) if (Hkv > 1)
+  for (int64_t g = 0; g < Hkv; ++g) {
+    thread_local std::vector<float> wrow;
+    wrow.resize(static_cast<size_t>(de));
+    for (int64_t i = 0; i < hd; ++i) {
+      const int64_t row = g * hd + i;
+      convert_to_f32(Wk.dtype(), static_cast<const char*>(Wk.raw()) + static_cast<size_t>(row * de) * es, wrow.data(), de);
+      for (int64_t h = g * group; h < (g + 1) * group; ++h)
+        for (int64_t t = 0; t < tokens; ++t) {
+          const float c = scale * q[t * q_stride + h * hd + i];
+          float* dst = out + (h * tokens + t) * de;
+          for (int64_t e = 0; e < de; ++e) dst[e] += c * wrow[static_cast<size_t>(e)];
+        }
+    }
+  }
+}
+
 }  // namespace cepe::kernels

@@ -22,6 +22,12 @@ namespace cepe::kernels {
 void shared_kv_attention(const float* q, int64_t M, int64_t D, const void* s, DType dt, int64_t N,
                          const uint8_t* mask, float* out);
 
+// The absorbed form's query fold: out[h*tokens + t, :] = scale · Σ_i q[t, h*hd + i] · W_k[g*hd + i, :] with
+// g = h / (Hq/Hkv), i.e. each head's query mapped into encoder space through its KV group's rows of W_k
+// ([Hkv*hd, de], f32/bf16/f16, streamed row by row). q: `tokens` rows of stride q_stride; out: [Hq*tokens, de].
+void fold_queries(const float* q, int64_t q_stride, int64_t tokens, int64_t Hq, int64_t Hkv, int64_t hd,
+                  const Tensor& Wk, float scale, float* out);
+
 namespace detail {
 // The same, pinned to an instruction set: Avx512 and Avx2 run tiled kernels of that instruction set, Generic
 // the portable C++ ones (tests and benchmarks compare them).
