@@ -218,26 +218,10 @@ namespace {
 
 kernels::AttentionArgs cross_args(const LlamaConfig& cfg, const CrossActivations& a, const uint8_t* mask,
                                   int64_t batch, int64_t len, int64_t keys) {
-  kernels::AttentionArgs args;
-  const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
-  args.q = a.q.f32();
-  args.q_stride = qd;
-  args.out = a.attn.f32();
-  args.out_stride = qd;
-  args.k = a.k.f32();
-  args.v = a.v.f32();
-  args.kv_stride = kvd;
-  args.kv_batch_stride = keys * kvd;
-  args.batch = batch;
-  args.q_len = len;
-  args.kv_len = keys;
-  args.q_heads = cfg.num_attention_heads;
-  args.kv_heads = cfg.num_key_value_heads;
-  args.head_dim = cfg.head_dim();
+  kernels::AttentionArgs args = kernels::heads_layout(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim(),
+                                                      a.q.f32(), a.attn.f32(), batch, len, a.k.f32(), a.v.f32(), keys);
   args.key_mask = mask;
-  args.mask_batch_stride = keys;
-  args.causal = false;  // one joint softmax over every chunk's keys, no positions
-  args.scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim()));
+  args.mask_batch_stride = keys;  // one joint softmax over every chunk's keys, no positions, not causal
   args.lse = a.lse.f32();
   return args;
 }

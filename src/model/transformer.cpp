@@ -19,33 +19,17 @@ namespace {
 Tensor buf(int64_t rows, int64_t cols) { return Tensor::empty(DType::F32, {rows, cols}); }
 Tensor zeros(int64_t rows, int64_t cols) { return Tensor::zeros(DType::F32, {rows, cols}); }
 
-// Attention over the decoder's heads for queries q [B*T, H*hd] writing out [B*T, H*hd]; the caller sets
-// the keys, values and masking.
-kernels::AttentionArgs head_args(const LlamaConfig& cfg, const float* q, float* out, int64_t B, int64_t T) {
-  kernels::AttentionArgs a;
-  const int64_t qd = cfg.num_attention_heads * cfg.head_dim();
-  a.q = q;
-  a.q_stride = qd;
-  a.out = out;
-  a.out_stride = qd;
-  a.batch = B;
-  a.q_len = T;
-  a.q_heads = cfg.num_attention_heads;
-  a.kv_heads = cfg.num_key_value_heads;
-  a.head_dim = cfg.head_dim();
-  a.kv_stride = cfg.kv_dim();
-  a.scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim()));
-  return a;
+// Attention over the model's heads for queries q [B*T, H*hd] writing out [B*T, H*hd], over K/V rows of this
+// call (the caller repoints them at the cache when there is one).
+kernels::AttentionArgs head_args(const LlamaConfig& cfg, const float* q, float* out, int64_t B, int64_t T,
+                                 const float* k = nullptr, const float* v = nullptr) {
+  return kernels::heads_layout(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim(), q, out, B, T, k, v, T);
 }
 
 // Self-attention over this call's own K/V (no cache): the training layout.
 kernels::AttentionArgs own_kv_args(const LlamaConfig& cfg, const TrunkCall& call, const LayerActivations& s) {
-  kernels::AttentionArgs a = head_args(cfg, s.q.f32(), s.attn.f32(), call.batch, call.len);
+  kernels::AttentionArgs a = head_args(cfg, s.q.f32(), s.attn.f32(), call.batch, call.len, s.k.f32(), s.v.f32());
   a.causal = call.causal;
-  a.k = s.k.f32();
-  a.v = s.v.f32();
-  a.kv_batch_stride = call.len * cfg.kv_dim();
-  a.kv_len = call.len;
   a.key_mask = call.key_mask;
   a.mask_batch_stride = call.key_mask_stride > 0 ? call.key_mask_stride : call.len;
   a.lse = s.attn_lse.f32();
@@ -82,7 +66,7 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
     kernels::add_inplace(h, o.f32(), BT * d);
     return;
   }
-  kernels::AttentionArgs a = head_args(cfg, q.f32(), att.f32(), B, T);
+  kernels::AttentionArgs a = head_args(cfg, q.f32(), att.f32(), B, T, k.f32(), v.f32());
   a.causal = call.causal;
   if (call.cache) {
     KVCache& c = *call.cache;
@@ -94,11 +78,6 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
     a.kv_batch_stride = c.capacity * kvd;
     a.kv_len = past + T;
     a.causal_offset = past;
-  } else {
-    a.k = k.f32();
-    a.v = v.f32();
-    a.kv_batch_stride = T * kvd;
-    a.kv_len = T;
   }
   a.key_mask = call.key_mask;
   a.mask_batch_stride = call.key_mask_stride > 0 ? call.key_mask_stride : a.kv_len;

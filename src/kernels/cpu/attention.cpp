@@ -57,6 +57,26 @@ void fully_masked_row(const AttentionArgsT<T>& a, const T* v, const uint8_t* mas
 
 }  // namespace
 
+AttentionArgs heads_layout(int64_t q_heads, int64_t kv_heads, int64_t head_dim, const float* q, float* out,
+                           int64_t batch, int64_t q_len, const float* k, const float* v, int64_t kv_len) {
+  AttentionArgs a;
+  a.q = q;
+  a.out = out;
+  a.q_stride = a.out_stride = q_heads * head_dim;
+  a.k = k;
+  a.v = v;
+  a.kv_stride = kv_heads * head_dim;
+  a.kv_batch_stride = kv_len * a.kv_stride;
+  a.batch = batch;
+  a.q_len = q_len;
+  a.kv_len = kv_len;
+  a.q_heads = q_heads;
+  a.kv_heads = kv_heads;
+  a.head_dim = head_dim;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  return a;
+}
+
 template <class T>
 void attention(const AttentionArgsT<T>& a) {
   const int64_t group = a.q_heads / a.kv_heads;

@@ -29,6 +29,11 @@ struct AttentionArgsT {
 };
 using AttentionArgs = AttentionArgsT<float>;
 
+// The layout of one call over a model's heads: queries/outputs [batch·q_len, Hq·hd], keys/values
+// [batch·kv_len, Hkv·hd] (row stride Hkv·hd, batch stride kv_len rows), scale 1/√hd, no mask, not causal.
+AttentionArgs heads_layout(int64_t q_heads, int64_t kv_heads, int64_t head_dim, const float* q, float* out,
+                           int64_t batch, int64_t q_len, const float* k, const float* v, int64_t kv_len);
+
 // Softmax over the allowed keys (causal range ∩ mask). A query with no allowed key (a padded position)
 // gets what the reference's additive finfo.min masks give it: the uniform average of V over the keys masked
 // exactly once — its padded causal range and the real keys after it (all keys when not causal).
