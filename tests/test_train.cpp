@@ -170,6 +170,7 @@ TEST_F(TrainTest, MlmPretrainingLowersTheMaskedTokenLoss) {
   json mc = decoder_config(513);  // + [MASK] = 512
   mc["architectures"] = {"LlamaForMLM"};
   mc["is_decoder"] = false;
+  mc["tie_word_embeddings"] = true;  // as the reference's mlm_config.json
   json cfg = base("mlm", {{"config", mc}, {"seed", 2}}, path("train.tokens"), path("held.tokens"));
   cfg["steps"] = 200;
   cfg["eval"]["every"] = 200;

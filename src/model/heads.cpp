@@ -38,7 +38,7 @@ void head_backward(const CepeConfig& cfg, const ModelWeights& w, const float* h,
                    const HeadActivations& s, const float* dlogits, float* dh, ModelWeights& g) {
   const int64_t d = cfg.decoder.hidden_size, V = cfg.decoder.vocab_size;
   // The output matrix is the embedding when tied: its gradient goes to the embedding's slot.
-  const bool tied = cfg.architecture == Architecture::MaskedLM || cfg.decoder.tie_word_embeddings;
+  const bool tied = cfg.decoder.tie_word_embeddings;
   float* d_out_w = grad_of(tied ? g.decoder.embed : g.lm_head);
   if (cfg.architecture != Architecture::MaskedLM) {
     kernels::linear_backward(h, dlogits, rows, d, w.lm_head, dh, false, d_out_w);

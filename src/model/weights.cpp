@@ -79,7 +79,11 @@ std::vector<TensorEntry> model_tensors(const CepeConfig& c, ModelWeights* w) {
     b.add("lm_dense.weight", {d, d}, TensorRole::Linear, TensorGroup::Decoder, w ? &w->mlm.dense : nullptr);
     b.add("lm_dense.bias", {d}, TensorRole::Bias, TensorGroup::Decoder, w ? &w->mlm.dense_bias : nullptr);
     b.add("lm_layer_norm.weight", {d}, TensorRole::Norm, TensorGroup::Decoder, w ? &w->mlm.norm : nullptr);
-    out[embed].aliases = {"lm_head.weight"};
+    // lm_head.weight is tied to the embedding as HF ties any head: when tie_word_embeddings (mlm_config.json).
+    if (dec.tie_word_embeddings)
+      out[embed].aliases = {"lm_head.weight"};
+    else
+      b.add("lm_head.weight", {dec.vocab_size, d}, TensorRole::Linear, TensorGroup::Decoder, w ? &w->lm_head : nullptr);
   } else if (dec.tie_word_embeddings) {
     out[embed].aliases = {"lm_head.weight"};
   } else {
@@ -91,7 +95,7 @@ std::vector<TensorEntry> model_tensors(const CepeConfig& c, ModelWeights* w) {
 }
 
 void bind_tied(const CepeConfig& c, ModelWeights& w) {
-  if (c.architecture == Architecture::MaskedLM || c.decoder.tie_word_embeddings) w.lm_head = w.decoder.embed;
+  if (c.decoder.tie_word_embeddings) w.lm_head = w.decoder.embed;
 }
 
 }  // namespace cepe

@@ -33,7 +33,8 @@ struct TrunkWeights {
   Tensor norm;   // f32 [hidden]
 };
 
-// LlamaForMLM's head (spec §3.2): lm_dense (with bias) → SiLU → lm_layer_norm → the tied embedding + lm_bias.
+// LlamaForMLM's head (spec §3.2): lm_dense (with bias) → SiLU → lm_layer_norm → lm_head (the embedding when
+// tied, as in mlm_config.json) + lm_bias.
 struct MlmHeadWeights {
   Tensor dense, dense_bias;  // [hidden, hidden], [hidden]
   Tensor norm;               // f32 [hidden]
@@ -43,7 +44,7 @@ struct MlmHeadWeights {
 struct ModelWeights {
   TrunkWeights decoder;  // `model.*`: the decoder (or the MLM trunk)
   TrunkWeights encoder;  // `encoder.*`: empty when the model has none or does not use it
-  Tensor lm_head;        // [V, hidden]: the decoder embedding when tied (always for LlamaForMLM)
+  Tensor lm_head;        // [V, hidden]: the decoder embedding when tied (tie_word_embeddings)
   MlmHeadWeights mlm;    // LlamaForMLM only
 };
 
