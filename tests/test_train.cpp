@@ -328,6 +328,18 @@ TEST_F(TrainTest, BadConfigsEndInOneErrorAndOverwriteNothing) {
   c = good;
   c["model"]["tokenizer"] = (fs::path(data_dir("ref-gqa")) / "config.json").string();  // not a tokenizer
   EXPECT_FALSE(testing::Succeeded(try_config(c)));
+  {
+    // A token file from another tokenizer (same vocabulary size, other pieces): refused, naming both hashes.
+    TokenizerIdentity other = identify_tokenizer(tiny_tokenizer());
+    other.sha256 = std::string(64, 'a');
+    TokenFileWriter w(path("other.tokens"), other, {"other"});
+    w.add_document(std::vector<int32_t>{other.bos_id, 20, 21, 22, other.eos_id});
+    w.commit();
+    c = good;
+    c["model"]["tokenizer"] = tiny_tokenizer();
+    c["data"]["train"][0]["files"] = {path("other.tokens")};
+    EXPECT_TRUE(CleanError(try_config(c), {"other.tokens", std::string(64, 'a'), identify_tokenizer(tiny_tokenizer()).sha256}));
+  }
   c = good;
   c["data"]["train"][0]["layout"] = "duplicate";
   EXPECT_TRUE(CleanError(try_config(c), {"layout", "decoder"}));

@@ -411,25 +411,30 @@ SamplerConfig make_sampler_config(const TrainConfig& c, bool train, int world, i
 
 namespace {
 
-// The token files must come from the model's tokenizer (when it has one) and fit its vocabularies.
-void check_data_fits_model(const Sampler& s, const CepeModel& model, const std::string& tokenizer) {
+// The token files must come from the model's tokenizer (when it has one) and fit its vocabularies: checked
+// before the samplers cut them, so a file of another tokenizer is named as such.
+void check_data_fits_model(const TrainConfig& c, const std::vector<StreamSpec>& streams, const CepeModel& model,
+                           const std::string& tokenizer) {
   const CepeConfig& mc = model.config();
   std::optional<TokenizerIdentity> id;
   if (!tokenizer.empty()) id = identify_tokenizer(tokenizer);
-  for (const StreamConfig& st : s.config().streams)
-    for (const auto& f : st.files) {
-      if (id) check_tokenizer(*f, *id, "training data");
-      const int64_t v = f->tokenizer().vocab_size + (s.config().mask_id < 0 && st.layout == Layout::Mlm ? 1 : 0);
-      const int64_t model_v = mc.decoder.vocab_size;
-      if (v > model_v)
-        throw Error("training data: token files of a " + std::to_string(f->tokenizer().vocab_size) +
-                    "-token tokenizer" + (st.layout == Layout::Mlm ? " (plus [MASK])" : "") +
-                    " do not fit the model's vocabulary of " + std::to_string(model_v));
-      if (layout_has_encoder(st.layout) && f->tokenizer().vocab_size > mc.encoder_trunk().vocab_size)
-        throw Error("training data: token ids of a " + std::to_string(f->tokenizer().vocab_size) +
-                    "-token tokenizer do not fit the encoder's vocabulary of " +
+  for (const StreamSpec& st : streams) {
+    const Layout layout = parse_layout(st.layout);
+    for (const std::string& path : st.files) {
+      const TokenFile f = TokenFile::open(path);
+      if (id) check_tokenizer(f, *id, tokenizer);
+      const int64_t tv = f.tokenizer().vocab_size;
+      const bool mlm = layout == Layout::Mlm && c.data.mask_id < 0;  // [MASK] = the tokenizer's vocab_size
+      if (tv + (mlm ? 1 : 0) > mc.decoder.vocab_size)
+        throw Error("training data: " + path + " holds ids of a " + std::to_string(tv) + "-token tokenizer" +
+                    (mlm ? " (plus [MASK])" : "") + ", which do not fit the model's vocabulary of " +
+                    std::to_string(mc.decoder.vocab_size));
+      if (layout_has_encoder(layout) && tv > mc.encoder_trunk().vocab_size)
+        throw Error("training data: " + path + " holds ids of a " + std::to_string(tv) +
+                    "-token tokenizer, which do not fit the encoder's vocabulary of " +
                     std::to_string(mc.encoder_trunk().vocab_size));
     }
+  }
 }
 
 struct BatchInput {
@@ -545,13 +550,13 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     const std::string src = !resume_from.empty() ? resume_from.string() : !c.model.checkpoint.empty() ? c.model.checkpoint : c.model.decoder;
     if (!src.empty() && fs::exists(fs::path(src) / "tokenizer.model")) tokenizer = (fs::path(src) / "tokenizer.model").string();
   }
+  check_data_fits_model(c, c.data.train, *model, tokenizer);
+  check_data_fits_model(c, c.data.eval, *model, tokenizer);
   Sampler train_data(make_sampler_config(c, true, world, rank, c.batch_size));
-  check_data_fits_model(train_data, *model, tokenizer);
   const int64_t eval_batch = c.eval_batch_size > 0 ? c.eval_batch_size : c.batch_size;
   std::optional<Sampler> eval_data;
   if (!c.data.eval.empty()) {
     eval_data.emplace(make_sampler_config(c, false, world, rank, eval_batch));
-    check_data_fits_model(*eval_data, *model, tokenizer);
   }
   std::optional<TeacherTargets> teacher;
   double kl_delta = 0;
