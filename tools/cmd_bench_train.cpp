@@ -17,6 +17,7 @@
 #include "cepe/model.h"
 #include "commands.h"
 #include "core/atomic_file.h"
+#include "core/buffer_pool.h"
 #include "core/cpu_features.h"
 #include "core/json_file.h"
 #include "core/memory.h"
@@ -221,6 +222,7 @@ int cmd_bench_train(int argc, char** argv) {
   int64_t trainable = 0;
   for (const train::ParamSlot& s : slots) trainable += s.numel();
   train::AdamW adam(slots, train::AdamWConfig{});  // torch's defaults, weight decay 0 (as the PyTorch side)
+  const ScopedBufferPool pool;  // as `cepe train`
 
   const int64_t V = cfg.decoder.vocab_size;
   std::mt19937_64 rng(seed + 1);

@@ -11,6 +11,7 @@
 
 #include "cepe/model.h"
 #include "core/atomic_file.h"
+#include "core/buffer_pool.h"
 #include "core/interrupt.h"
 #include "core/json_file.h"
 #include "core/plot.h"
@@ -507,6 +508,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   }
   ModelWeights grads = make_gradients(*model, set);
   std::vector<ParamSlot> slots = param_slots(*model, grads);
+  const ScopedBufferPool pool;  // steps after the first reuse the first step's buffers
   AdamW adam(slots, c.adam);
   if (!resume_from.empty()) adam.load_state((resume_from / "optimizer.safetensors").string());
   LrSchedule sched;
