@@ -273,6 +273,11 @@ void trunk_backward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkCa
                                dphi ? dphi->f32() : nullptr);
     }
     // Self-attention: h_mid = input + o(attn(rope(q(n)), rope(k(n)), v(n))), n = RMSNorm_in(input).
+    // Skipped in the lowest layer when its weights are frozen and nothing below takes a gradient (a frozen
+    // CEPE decoder: layer 0's cross-attention trains, its self-attention and the embedding do not).
+    const bool self_trains = lg.input_norm.defined() || lg.self_attn.q.defined() || lg.self_attn.k.defined() ||
+                             lg.self_attn.v.defined() || lg.self_attn.o.defined();
+    if (i == lowest && !self_trains && !g.embed.defined()) break;
     {
       Tensor d_attn = buf(BT, qd), dq = zeros(BT, qd), dk = zeros(BT, kvd), dv = zeros(BT, kvd), d_norm = buf(BT, d);
       kernels::linear_backward(s.attn.f32(), dh.f32(), BT, qd, lw.self_attn.o, d_attn.f32(), false,
