@@ -89,6 +89,21 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GradGolden, ::testing::ValuesIn(grad_cases())
                            return n;
                          });
 
+// Per-layer recomputation reruns the same kernels on the same layer inputs: the gradients are the same bits.
+TEST_P(GradGolden, RecomputeGivesTheSameGradients) {
+  const GradCase& c = GetParam();
+  const fs::path dir = data_dir(c.fixture);
+  const nlohmann::json g = nlohmann::json::parse(testing::read_text(dir / "golden.json"));
+  const std::string plain = path("plain.safetensors"), redo = path("recompute.safetensors");
+  for (const auto& [out, extra] : {std::pair{plain, std::string()}, std::pair{redo, std::string("--recompute")}}) {
+    std::vector<std::string> a = {"grad", "--model", model_dir_of(g.at("model_dir")), "--request",
+                                  (dir / "request.json").string(), "--output", out, "--trainable", c.trainable_arg};
+    if (!extra.empty()) a.push_back(extra);
+    ASSERT_TRUE(Succeeded(run_cepe(a)));
+  }
+  EXPECT_EQ(testing::read_text(plain), testing::read_text(redo)) << "gradients differ with --recompute";
+}
+
 TEST(GradGoldenSet, CoversEveryArchitectureAndTheKl) {
   std::set<std::string> fixtures;
   for (const GradCase& c : grad_cases()) fixtures.insert(c.fixture);

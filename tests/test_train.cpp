@@ -254,6 +254,32 @@ TEST_F(TrainTest, CepedLowersItsKlToTheTeacher) {
   EXPECT_THROW(run(cfg), Error);
 }
 
+// "recompute": true keeps only each layer's input and recomputes the rest in the backward: the same steps,
+// to the bit (every trunk: the decoder with cross-attention and the trained encoder).
+TEST_F(TrainTest, RecomputeGivesTheSameLosses) {
+  write_random_text_tokens(path("train-text"), path("train.tokens"), 40, 9);
+  write_random_text_tokens(path("held-text"), path("held.tokens"), 4, 10);
+  std::vector<train::TrainResult> runs;
+  for (bool recompute : {false, true}) {
+    json cfg = base("warmup", {{"config", cepe_config()}, {"seed", 4}}, path("train.tokens"), path("held.tokens"));
+    cfg["output_dir"] = path(recompute ? "run-recompute" : "run-plain");
+    cfg["data"]["n_ctx"] = 2;
+    cfg["data"]["ctx_len"] = 16;
+    cfg["steps"] = 4;
+    cfg["eval"]["every"] = 4;
+    cfg["trainable"] = "all";
+    cfg["recompute"] = recompute;
+    runs.push_back(run(cfg));
+  }
+  ASSERT_EQ(runs[0].steps.size(), 4u);
+  ASSERT_EQ(runs[1].steps.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(runs[0].steps[i].loss, runs[1].steps[i].loss) << "step " << i + 1;
+    EXPECT_EQ(runs[0].steps[i].grad_norm, runs[1].steps[i].grad_norm) << "step " << i + 1;
+  }
+  EXPECT_EQ(runs[0].evals.back().loss, runs[1].evals.back().loss);
+}
+
 TEST_F(TrainTest, ResumeAfterKill9ReproducesTheLossesExactly) {
   write_tokens(path("train.tokens"), markov_docs(40, 400, 7));
   write_tokens(path("held.tokens"), markov_docs(4, 400, 8));

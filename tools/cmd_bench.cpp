@@ -29,6 +29,7 @@ namespace {
 
 const char* kBenchHelp =
     "usage: cepe bench -m DIR --context-tokens N[,N...] [options]\n"
+    "       cepe bench train --config CONFIG.json [options]   (the training step: cepe bench train --help)\n"
     "\n"
     "  --context-tokens LIST   context lengths to measure, e.g. 4096,32768,131072\n"
     "  --prompt-tokens N       decoder prompt tokens (default 64)\n"
@@ -179,6 +180,7 @@ void write_plot(const std::string& path, const std::vector<Row>& rows) {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
+  if (argc > 0 && std::string(argv[0]) == "train") return cmd_bench_train(argc - 1, argv + 1);
   Args args(argc, argv,
             {{"--model", "-m"}, {"--context-tokens"}, {"--prompt-tokens"}, {"--gen-tokens"}, {"--cross-attn"},
              {"--baseline"}, {"--ctx-dtype"}, {"--chunk-len"}, {"--batch-tokens"}, {"--mem-budget"}, {"--json"},

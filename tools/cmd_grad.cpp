@@ -18,7 +18,7 @@ namespace cepe::cli {
 namespace {
 
 const char* kGradHelp =
-    "usage: cepe grad --model DIR --request REQ.json --output OUT.safetensors [--trainable SET] [-t THREADS]\n"
+    "usage: cepe grad --model DIR --request REQ.json --output OUT.safetensors [--trainable SET] [--recompute] [-t THREADS]\n"
     "  REQ.json: the forward request (input_ids [bsz][seq], optional attention_mask, position_ids,\n"
     "  encoder_input_ids / encoder_attention_mask [bsz][n_ctx][ctx_len]) plus labels [bsz][seq] (-100 =\n"
     "  not scored; causal models score logits[t] against labels[t+1], LlamaForMLM against labels[t]) and,\n"
@@ -31,7 +31,7 @@ const char* kGradHelp =
 
 int cmd_grad(int argc, char** argv) {
   Args args(argc, argv, {{"--model", "-m"}, {"--request"}, {"--output", "-o"}, {"--trainable"}, {"--threads", "-t"}},
-            {{"--help", "-h"}});
+            {{"--help", "-h"}, {"--recompute"}});
   if (args.has("--help")) {
     std::fputs(kGradHelp, stdout);
     return 0;
@@ -55,6 +55,7 @@ int cmd_grad(int argc, char** argv) {
   in.positions = req.forward.positions.empty() ? nullptr : req.forward.positions.data();
   in.context = req.forward.context ? &*req.forward.context : nullptr;
   in.labels = req.labels.data();
+  in.recompute = args.has("--recompute");  // per-layer recomputation: the same gradients, less memory
   in.lm_loss_cof = req.lm_loss_cof.value_or(c.lm_loss_cof);
   Distillation distill;
   if (req.distill_len > 0) {

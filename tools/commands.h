@@ -8,6 +8,7 @@ int cmd_init(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_encode(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_bench_train(int argc, char** argv);  // `cepe bench train`
 int cmd_grad(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_data(int argc, char** argv);

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/buffer_pool.h"
+
 #include "core/half.h"
 
 namespace cepe {
@@ -81,10 +83,10 @@ Tensor Tensor::empty(DType dtype, Shape shape) {
   for (int64_t d : shape) check(d >= 0, [&] { return "negative dimension in shape " + shape_str(shape); });
   size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
   // 64-byte alignment keeps vector loads on cache lines.
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded ? rounded : 64);
+  // Training reuses its buffers step after step (core/buffer_pool.h).
+  void* p = pool_acquire(bytes);
   if (!p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes for tensor " + shape_str(shape));
-  std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
+  std::shared_ptr<void> owner(p, [bytes](void* q) { pool_release(q, bytes); });
   return Tensor(owner, p, dtype, std::move(shape));
 }
 

@@ -248,9 +248,9 @@ void cross_attention_train(const LlamaConfig& cfg, const CrossAttentionWeights& 
   kernels::linear(phi.f32(), batch * K, de, w.k, a.k.f32());
   kernels::linear(phi.f32(), batch * K, de, w.v, a.v.f32());
   kernels::attention(cross_args(cfg, a, mask, batch, len, K));
-  std::vector<float> out(static_cast<size_t>(BT * d));
-  kernels::linear(a.attn.f32(), BT, qd, w.o, out.data());
-  kernels::add_inplace(h, out.data(), BT * d);
+  Tensor out = Tensor::empty(DType::F32, {BT, d});
+  kernels::linear(a.attn.f32(), BT, qd, w.o, out.f32());
+  kernels::add_inplace(h, out.f32(), BT * d);
 }
 
 void cross_attention_backward(const LlamaConfig& cfg, const CrossAttentionWeights& w, const Tensor& phi,
@@ -259,15 +259,16 @@ void cross_attention_backward(const LlamaConfig& cfg, const CrossAttentionWeight
   const int64_t BT = batch * len, d = cfg.hidden_size, K = phi.dim(1), de = phi.dim(2);
   const int64_t qd = cfg.num_attention_heads * cfg.head_dim(), kvd = cfg.kv_dim();
   auto grad = [&](Tensor CrossAttentionWeights::*m) { return dw && (dw->*m).defined() ? (dw->*m).f32() : nullptr; };
-  std::vector<float> d_attn(static_cast<size_t>(BT * qd)), dq(static_cast<size_t>(BT * qd), 0.0f);
-  std::vector<float> dk(static_cast<size_t>(batch * K * kvd), 0.0f), dv(dk.size(), 0.0f);
-  std::vector<float> d_normed(static_cast<size_t>(BT * d));
-  kernels::linear_backward(a.attn.f32(), dh, BT, qd, w.o, d_attn.data(), false, grad(&CrossAttentionWeights::o));
-  kernels::attention_backward(cross_args(cfg, a, mask, batch, len, K), d_attn.data(), qd, dq.data(), dk.data(), dv.data());
-  kernels::linear_backward(phi.f32(), dk.data(), batch * K, de, w.k, dphi, true, grad(&CrossAttentionWeights::k));
-  kernels::linear_backward(phi.f32(), dv.data(), batch * K, de, w.v, dphi, true, grad(&CrossAttentionWeights::v));
-  kernels::linear_backward(a.normed.f32(), dq.data(), BT, d, w.q, d_normed.data(), false, grad(&CrossAttentionWeights::q));
-  kernels::rmsnorm_backward(d_normed.data(), input, w.norm.f32(), a.rstd.f32(), BT, d, dh, true,
+  // Tensors, not vectors: in training they come from the buffer pool (core/buffer_pool.h).
+  Tensor d_attn = Tensor::empty(DType::F32, {BT, qd}), dq = Tensor::zeros(DType::F32, {BT, qd});
+  Tensor dk = Tensor::zeros(DType::F32, {batch * K, kvd}), dv = Tensor::zeros(DType::F32, {batch * K, kvd});
+  Tensor d_normed = Tensor::empty(DType::F32, {BT, d});
+  kernels::linear_backward(a.attn.f32(), dh, BT, qd, w.o, d_attn.f32(), false, grad(&CrossAttentionWeights::o));
+  kernels::attention_backward(cross_args(cfg, a, mask, batch, len, K), d_attn.f32(), qd, dq.f32(), dk.f32(), dv.f32());
+  kernels::linear_backward(phi.f32(), dk.f32(), batch * K, de, w.k, dphi, true, grad(&CrossAttentionWeights::k));
+  kernels::linear_backward(phi.f32(), dv.f32(), batch * K, de, w.v, dphi, true, grad(&CrossAttentionWeights::v));
+  kernels::linear_backward(a.normed.f32(), dq.f32(), BT, d, w.q, d_normed.f32(), false, grad(&CrossAttentionWeights::q));
+  kernels::rmsnorm_backward(d_normed.f32(), input, w.norm.f32(), a.rstd.f32(), BT, d, dh, true,
                             grad(&CrossAttentionWeights::norm));
 }
 

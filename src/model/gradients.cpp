@@ -113,6 +113,7 @@ void run_encoder(const ModelImpl& im, const LossInput& in, const uint8_t* dec_ma
   call.causal = c.encoder_is_model;  // the separate encoder is bidirectional
   call.all_hidden = all_entries ? &entries : nullptr;
   call.saved = train ? &ep.saved : nullptr;
+  call.recompute = train && in.recompute;
   Tensor last = trunk_forward(ecfg, ew, call);
   if (!all_entries) entries.push_back(last);
   // [rows, L, de] -> [B, n_ctx·keep, de]: each chunk row keeps its first `keep` positions.
@@ -127,6 +128,20 @@ void run_encoder(const ModelImpl& im, const LossInput& in, const uint8_t* dec_ma
   ep.phi_mask = Tensor::empty(DType::U8, {lay.batch, lay.n_ctx * keep});
   for (int64_t r = 0; r < rows; ++r)
     std::copy(ep.mask.begin() + r * L, ep.mask.begin() + r * L + keep, ep.phi_mask.data<uint8_t>() + r * keep);
+}
+
+size_t bytes_of(const Tensor& t) { return t.defined() ? t.nbytes() : 0; }
+
+size_t activation_bytes(const TrunkActivations& a) {
+  size_t n = bytes_of(a.last) + bytes_of(a.last_rstd);
+  for (const LayerActivations& l : a.layers) {
+    for (const Tensor* t : {&l.input, &l.input_rstd, &l.input_normed, &l.q, &l.k, &l.v, &l.attn, &l.attn_lse,
+                            &l.after_attn, &l.before_mlp, &l.mlp_rstd, &l.mlp_normed, &l.gate, &l.up, &l.act})
+      n += bytes_of(*t);
+    const CrossActivations& c = l.cross;
+    for (const Tensor* t : {&c.rstd, &c.normed, &c.q, &c.k, &c.v, &c.attn, &c.lse}) n += bytes_of(*t);
+  }
+  return n;
 }
 
 }  // namespace
@@ -197,6 +212,7 @@ LossValue loss_and_gradients(const CepeModel& model, const LossInput& in, Traina
   call.causal = !mlm;  // LlamaForCausalLM is causal (train.py sets is_decoder); LlamaForMLM is not
   call.cross = in.context ? &ci : nullptr;
   call.saved = grads ? &saved : nullptr;
+  call.recompute = grads && in.recompute;
   Tensor h = trunk_forward(dec, w.decoder, call);
   HeadActivations hs;
   Tensor logits = Tensor::empty(DType::F32, {BT, V});
@@ -249,6 +265,9 @@ LossValue loss_and_gradients(const CepeModel& model, const LossInput& in, Traina
   }
   if (!grads) return out;
 
+  out.activation_bytes = activation_bytes(saved) + activation_bytes(ep.saved) + bytes_of(hs.dense) + bytes_of(hs.act) +
+                         bytes_of(hs.rstd) + bytes_of(hs.normed) + bytes_of(logits) + bytes_of(dlogits);
+  for (const Tensor& p : ep.phi) out.activation_bytes += bytes_of(p);
   // Backward: head, decoder trunk (Φ's gradient when the encoder trains), then the encoder.
   Tensor dh = Tensor::empty(DType::F32, {BT, dec.hidden_size});
   head_backward(c, w, h.f32(), BT, hs, dlogits.f32(), dh.f32(), *grads);

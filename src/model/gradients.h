@@ -44,6 +44,9 @@ struct LossInput {
   // What the sums are divided by (0 = this batch's own): the scored positions and KL rows of a whole
   // optimizer step (every micro-batch and rank), so that the gradient is that of one mean over the step.
   double ce_normalizer = 0, kl_normalizer = 0;
+  // Per-layer recomputation: the forward keeps only each layer's input; the backward recomputes the layer's
+  // activations from it just before its own backward (the same gradients, less memory, one more forward).
+  bool recompute = false;
 };
 
 struct LossValue {
@@ -52,6 +55,9 @@ struct LossValue {
   double ce_sum = 0, kl_sum = 0;  // before normalization
   int64_t scored = 0;             // positions counted in ce
   int64_t kl_rows = 0;
+  // Bytes the training forward kept for the backward (trunk and head activations, Φ, logits and their
+  // gradient): what recomputation bounds. 0 without a backward.
+  size_t activation_bytes = 0;
 };
 
 // Positions `labels` [B, T] scores (after the causal shift unless MaskedLM).

@@ -124,6 +124,28 @@ bool layer_trains(const LayerWeights& g) {
   return any;
 }
 
+Tensor copy_of(const float* h, int64_t rows, int64_t cols) {
+  Tensor t = buf(rows, cols);
+  std::memcpy(t.f32(), h, static_cast<size_t>(rows * cols) * sizeof(float));
+  return t;
+}
+
+// One layer on h [B*T, d] in place; with `s`, keeps what the layer's backward needs (not s->input).
+void layer_forward(const LlamaConfig& cfg, const LayerWeights& lw, size_t i, const TrunkCall& call,
+                   const kernels::Rope& rope, float* h, LayerActivations* s) {
+  const int64_t B = call.batch, T = call.len, BT = B * T, d = cfg.hidden_size;
+  self_attention(cfg, lw, i, call, rope, h, s);
+  const bool cross = lw.cross && call.cross && call.cross->states[i];
+  if (s && cross) {
+    s->after_attn = copy_of(h, BT, d);
+    cross_attention_train(cfg, *lw.cross, *call.cross->states[i], call.cross->mask, B, T, h, s->cross);
+  } else if (cross) {
+    cross_attention(cfg, *lw.cross, i, *call.cross, B, T, h);
+  }
+  if (s) s->before_mlp = copy_of(h, BT, d);
+  mlp(cfg, lw, BT, h, s);
+}
+
 }  // namespace
 
 Tensor trunk_forward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkCall& call) {
@@ -155,16 +177,13 @@ Tensor trunk_forward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkC
     const LayerWeights& lw = w.layers[i];
     LayerActivations* s = call.saved ? &call.saved->layers[i] : nullptr;
     if (s) s->input = h.clone();
-    self_attention(cfg, lw, i, call, rope, h.f32(), s);
-    const bool cross = lw.cross && call.cross && call.cross->states[i];
-    if (s && cross) {
-      s->after_attn = h.clone();
-      cross_attention_train(cfg, *lw.cross, *call.cross->states[i], call.cross->mask, B, T, h.f32(), s->cross);
-    } else if (cross) {
-      cross_attention(cfg, *lw.cross, i, *call.cross, B, T, h.f32());
+    if (s && call.recompute) {
+      // The training forward, its activations dropped at once (trunk_backward runs it again).
+      LayerActivations transient;
+      layer_forward(cfg, lw, i, call, rope, h.f32(), &transient);
+    } else {
+      layer_forward(cfg, lw, i, call, rope, h.f32(), s);
     }
-    if (s) s->before_mlp = h.clone();
-    mlp(cfg, lw, BT, h.f32(), s);
   }
   if (call.cache) call.cache->length = past + T;
   if (call.saved) {
@@ -209,7 +228,13 @@ void trunk_backward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkCa
   for (int64_t i = L - 1; i >= lowest; --i) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(i)];
     LayerWeights& lg = g.layers[static_cast<size_t>(i)];
-    const LayerActivations& s = sv.layers[static_cast<size_t>(i)];
+    LayerActivations redone;
+    if (call.recompute) {
+      redone.input = sv.layers[static_cast<size_t>(i)].input;
+      Tensor x = redone.input.clone();
+      layer_forward(cfg, lw, static_cast<size_t>(i), call, rope, x.f32(), &redone);
+    }
+    const LayerActivations& s = call.recompute ? redone : sv.layers[static_cast<size_t>(i)];
     // MLP: h_out = before_mlp + down(swiglu(gate(n), up(n))), n = RMSNorm_post(before_mlp).
     {
       Tensor d_act = buf(BT, ff), d_gate = buf(BT, ff), d_up = buf(BT, ff), d_norm = buf(BT, d);
@@ -227,6 +252,11 @@ void trunk_backward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkCa
                                dphi ? dphi->f32() : nullptr);
     }
     // Self-attention: h_mid = input + o(attn(rope(q(n)), rope(k(n)), v(n))), n = RMSNorm_in(input).
+    // Skipped in the lowest layer when its weights are frozen and nothing below takes a gradient (a frozen
+    // CEPE decoder: layer 0's cross-attention trains, its self-attention and the embedding do not).
+    const bool self_trains = lg.input_norm.defined() || lg.self_attn.q.defined() || lg.self_attn.k.defined() ||
+                             lg.self_attn.v.defined() || lg.self_attn.o.defined();
+    if (i == lowest && !self_trains && !g.embed.defined()) break;
     {
       Tensor d_attn = buf(BT, qd), dq = zeros(BT, qd), dk = zeros(BT, kvd), dv = zeros(BT, kvd), d_norm = buf(BT, d);
       kernels::linear_backward(s.attn.f32(), dh.f32(), BT, qd, lw.self_attn.o, d_attn.f32(), false,

@@ -49,6 +49,9 @@ struct TrunkCall {
   std::vector<Tensor>* all_hidden = nullptr;
   // Training: keeps what trunk_backward needs (no cache; cross-attention projects K/V and keeps them).
   TrunkActivations* saved = nullptr;
+  // With `saved`: keep only each layer's input; trunk_backward recomputes the layer's activations from it
+  // (the same kernels on the same input, so the same values) just before that layer's backward.
+  bool recompute = false;
 };
 
 // Returns the final-normed hidden states [B*T, hidden].

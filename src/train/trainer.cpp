@@ -11,6 +11,7 @@
 
 #include "cepe/model.h"
 #include "core/atomic_file.h"
+#include "core/buffer_pool.h"
 #include "core/interrupt.h"
 #include "core/json_file.h"
 #include "core/plot.h"
@@ -21,6 +22,7 @@
 #include "train/comm.h"
 #include "train/samplers.h"
 #include "train/schedule.h"
+#include "train/step.h"
 #include "train/teacher.h"
 #include "train/token_file.h"
 
@@ -75,6 +77,12 @@ class Obj {
     if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
       fail(k, "must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + json_excerpt(v));
     return v.get<int64_t>();
+  }
+  bool boolean(const std::string& k, bool def) {
+    seen_.insert(k);
+    if (!has(k)) return def;
+    if (!j_.at(k).is_boolean()) fail(k, "must be true or false, got " + json_excerpt(j_.at(k)));
+    return j_.at(k).get<bool>();
   }
   std::vector<std::string> strings(const std::string& k) {
     seen_.insert(k);
@@ -219,6 +227,7 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
   }
   c.batch_size = o.integer("batch_size", 1, 1, 1 << 20);
   c.grad_accum = o.integer("grad_accum", 1, 1, 1 << 20);
+  c.recompute = o.boolean("recompute", false);
   c.steps = o.integer("steps", 0, 1, int64_t{1} << 40);
   if (c.steps == 0) o.fail("steps", "is required (optimizer steps)");
   c.seed = static_cast<uint64_t>(o.integer("seed", 0, 0, INT64_MAX));
@@ -461,19 +470,6 @@ BatchInput to_input(const Batch& b, bool with_context) {
   return x;
 }
 
-std::vector<ParamSlot> param_slots(const CepeModel& model, ModelWeights& grads) {
-  ModelImpl& im = model_impl(model);
-  std::vector<ParamSlot> slots;
-  const std::vector<TensorEntry> w = model_tensors(im.cfg, &im.weights);
-  const std::vector<TensorEntry> g = model_tensors(im.cfg, &grads);
-  for (size_t i = 0; i < w.size(); ++i) {
-    if (!g[i].slot->defined()) continue;
-    check(w[i].slot->dtype() == DType::F32, "training needs f32 weights");
-    slots.push_back({w[i].name, w[i].shape, w[i].slot->f32(), g[i].slot->f32(), uses_weight_decay(w[i].name)});
-  }
-  return slots;
-}
-
 std::string fmt(const char* f, double v) {
   char b[64];
   std::snprintf(b, sizeof b, f, v);
@@ -571,6 +567,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   }
   ModelWeights grads = make_gradients(*model, set);
   std::vector<ParamSlot> slots = param_slots(*model, grads);
+  const ScopedBufferPool pool;  // steps after the first reuse the first step's buffers
   AdamW adam(slots, c.adam);
   if (!resume_from.empty()) adam.load_state((resume_from / "optimizer.safetensors").string());
   LrSchedule sched;
@@ -721,6 +718,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
       if (x.chunks.batch > 0) x.in.context = &x.chunks;
       x.in.lm_loss_cof = c.lm_loss_cof;
       x.in.ce_normalizer = counts[0];
+      x.in.recompute = c.recompute;
       Distillation ds;
       if (teacher) {
         ds.len = teacher->len();
@@ -744,10 +742,8 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     }
     if (reducer) reducer->reduce_all();
     comm->allreduce_sum(sums, 2);
-    const GradClip clip = clip_grad_norm(slots, c.max_grad_norm > 0 ? c.max_grad_norm : 1e30);
     const double lr = sched.lr(step);
-    adam.step(lr);
-    zero_grads(slots);
+    const GradClip clip = optimizer_update(slots, adam, c.max_grad_norm, lr);
     ++step;
     StepRecord rec;
     rec.step = step;

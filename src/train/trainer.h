@@ -54,6 +54,7 @@ struct TrainConfig {
     std::string teacher;  // ceped: the teacher targets (`cepe data teacher`)
   } data;
   int64_t batch_size = 1, grad_accum = 1, steps = 0;
+  bool recompute = false;  // per-layer recomputation (LossInput::recompute): less activation memory, same gradients
   uint64_t seed = 0;
   AdamWConfig adam;
   double lr = 1e-4, max_grad_norm = 1.0;

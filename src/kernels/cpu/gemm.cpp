@@ -4,6 +4,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "core/half.h"
@@ -22,6 +26,37 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint M, blasint N, bla
   cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+std::atomic<bool> g_count{false};
+bool g_record_shapes = false;
+std::mutex g_count_mutex;
+GemmCounters g_counters;
+std::map<GemmShape, int64_t> g_shapes;
+
+// Runs f, counting it when the counters are on.
+template <class F>
+void counted(bool ta, bool tb, int64_t M, int64_t N, int64_t K, F f) {
+  if (!g_count.load(std::memory_order_relaxed)) {
+    f();
+    return;
+  }
+  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  if (omp_in_parallel()) {
+    f();
+    std::lock_guard<std::mutex> lock(g_count_mutex);
+    g_counters.nested_flops += flops;
+    ++g_counters.nested_calls;
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  g_counters.seconds += dt;
+  g_counters.flops += flops;
+  ++g_counters.calls;
+  if (g_record_shapes) ++g_shapes[GemmShape{ta, tb, M, N, K}];
+}
+
 template <class T>
 void gemm_any(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
               int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -31,12 +66,36 @@ void gemm_any(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alp
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     return;
   }
-  blas_gemm(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
-            static_cast<blasint>(N), static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B,
-            static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+  counted(trans_a, trans_b, M, N, K, [&] {
+    blas_gemm(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
+              static_cast<blasint>(N), static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B,
+              static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+  });
 }
 
 }  // namespace
+
+void gemm_counters_enable(bool on, bool record_shapes) {
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  g_record_shapes = record_shapes;
+  g_count.store(on, std::memory_order_relaxed);
+}
+
+GemmCounters gemm_counters() {
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  return g_counters;
+}
+
+void gemm_counters_reset() {
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  g_counters = GemmCounters{};
+  g_shapes.clear();
+}
+
+std::vector<std::pair<GemmShape, int64_t>> gemm_counted_shapes() {
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  return {g_shapes.begin(), g_shapes.end()};
+}
 
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {

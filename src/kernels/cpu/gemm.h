@@ -3,6 +3,8 @@
 // half-precision weights are never copied whole: up to 8 rows they are widened in registers by a GEMV kernel
 // (gemv_half.h), beyond that tile by tile into a small per-thread buffer for the BLAS.
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "cepe/tensor.h"
 
@@ -34,6 +36,27 @@ void linear_backward(const T* x, const T* dy, int64_t M, int64_t K, int64_t N, c
 // dx and dW of linear() for an F32 weight tensor (the training path keeps f32 master weights).
 void linear_backward(const float* x, const float* dy, int64_t M, int64_t K, const Tensor& W, float* dx,
                      bool accumulate_dx, float* dW);
+
+// Counters of the f32 matrix products, for `cepe bench train` only: off unless enabled (one relaxed load per
+// call). Wall time is counted only for calls made outside OpenMP parallel regions (the multithreaded BLAS
+// calls of the linears); calls from inside a region (attention's per-head products, each single-threaded)
+// count their FLOPs apart, since their times overlap.
+struct GemmShape {
+  bool trans_a = false, trans_b = false;
+  int64_t M = 0, N = 0, K = 0;
+  auto operator<=>(const GemmShape&) const = default;
+};
+struct GemmCounters {
+  double seconds = 0, flops = 0;  // calls outside parallel regions
+  int64_t calls = 0;
+  double nested_flops = 0;        // calls inside parallel regions
+  int64_t nested_calls = 0;
+};
+void gemm_counters_enable(bool on, bool record_shapes = false);
+GemmCounters gemm_counters();
+void gemm_counters_reset();
+// Distinct shapes of the counted (outside-region) calls since the last reset, with their call counts.
+std::vector<std::pair<GemmShape, int64_t>> gemm_counted_shapes();
 
 // Sets the thread count of both OpenMP and the BLAS (no oversubscription). n <= 0 keeps the default.
 void set_num_threads(int n);
