@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
-all=(safetensors config request context tokenizer token_file)
+all=(safetensors config request context tokenizer token_file train_config teacher)
 if (($#)); then targets=("$@"); else targets=("${all[@]}"); fi
 jobs=${CEPE_FUZZ_JOBS:-2}
 build=build-fuzz
@@ -31,7 +31,7 @@ cmake --build "$build" -j "${CEPE_JOBS:-2}" --target $(printf 'fuzz_%s ' "${targ
 
 max_len() {
   case $1 in
-    safetensors|context|tokenizer|token_file) echo 1048576 ;;
+    safetensors|context|tokenizer|token_file|teacher) echo 1048576 ;;
     *) echo 65536 ;;
   esac
 }
