@@ -6,7 +6,7 @@
 #   scripts/learning-runs.sh [STEP...]     STEP = corpus decoder mlm warmup cepe summary (default: all, in order)
 #
 # Environment: CEPE (the binary, default build/bin/cepe), LEARN_DIR (work folder, default build/learning),
-# THREADS (default 1), PYLIB (the stdlib folder, default python3's). Resumable: a stage whose final checkpoint
+# THREADS (default 1), PYLIB (the stdlib folder, default python3's). Needs spm_train (Debian: sentencepiece). Resumable: a stage whose final checkpoint
 # exists is skipped, one with an earlier checkpoint continues with --resume (exactly), so rerun after a kill.
 # The configs are configs/learning/*.json; their paths are relative to LEARN_DIR, where the runs execute.
 set -euo pipefail
@@ -34,7 +34,17 @@ corpus() {
     cp "$PYLIB/$f" "corpus/$dst/$(printf %04d $i)-$(echo "${f#./}" | tr / _)"
     i=$((i + 1))
   done < corpus/files.txt
-  cp "$ROOT/tests/data/cepe-tiny-a/tokenizer.model" tokenizer.model   # the 512-piece fixture tokenizer
+  # A 4096-piece BPE tokenizer of the training files (LLaMA's options: byte fallback, split digits, spaces kept).
+  # With the 512-piece fixture tokenizer (about characters) copying needs long n-gram matches and the warmup
+  # did not learn it in minutes; see docs/training.md.
+  command -v spm_train > /dev/null || { echo "error: spm_train not found (apt-get install sentencepiece)" >&2; exit 1; }
+  mkdir -p spm
+  LC_ALL=C cat corpus/train/* > spm/train.txt
+  spm_train --input=spm/train.txt --model_prefix=spm/py4k --vocab_size=4096 --model_type=bpe --byte_fallback=true \
+    --split_digits=true --character_coverage=1.0 --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true \
+    --max_sentence_length=100000 --num_threads=1 --input_sentence_size=2000000 --shuffle_input_sentence=true \
+    --seed_sentencepiece_size=200000 > spm/train.log 2>&1
+  cp spm/py4k.model tokenizer.model
   "$CEPE" data tokenize -m tokenizer.model -o data/train.tokens -t "$THREADS" corpus/train
   "$CEPE" data tokenize -m tokenizer.model -o data/held.tokens -t "$THREADS" corpus/held
   echo "unigram loss of the held-out tokens under the train unigram: $($STATS unigram data/train.tokens data/held.tokens)"
