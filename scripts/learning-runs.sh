@@ -3,7 +3,8 @@
 # (duplicate, init_mode copy) and the standard CEPE stage, each a `cepe train` run, in order, on CPython's
 # standard library (code: real text, already on every machine).
 #
-#   scripts/learning-runs.sh [STEP...]     STEP = corpus decoder mlm warmup cepe summary (default: all, in order)
+#   scripts/learning-runs.sh [STEP...]     STEP = corpus decoder mlm warmup cepe warmup-decenc cepe-decenc summary
+#                                          (default: all, in order)
 #
 # Environment: CEPE (the binary, default build/bin/cepe), LEARN_DIR (work folder, default build/learning),
 # THREADS (default 1), PYLIB (the stdlib folder, default python3's). Needs spm_train (Debian: sentencepiece). Resumable: a stage whose final checkpoint
@@ -63,16 +64,16 @@ stage() {
 
 summary() {
   echo "unigram: $($STATS unigram data/train.tokens data/held.tokens)"
-  for s in decoder mlm warmup cepe; do [ -f "runs/$s/log.jsonl" ] && $STATS summary "runs/$s"; done
+  for s in decoder mlm warmup cepe warmup-decenc cepe-decenc; do [ -f "runs/$s/log.jsonl" ] && $STATS summary "runs/$s"; done
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(corpus decoder mlm warmup cepe summary)
+[ ${#steps[@]} -gt 0 ] || steps=(corpus decoder mlm warmup cepe warmup-decenc cepe-decenc summary)
 for s in "${steps[@]}"; do
   case $s in
     corpus) corpus ;;
-    decoder | mlm | warmup | cepe) stage "$s" ;;
+    decoder | mlm | warmup | cepe | warmup-decenc | cepe-decenc) stage "$s" ;;
     summary) summary ;;
-    *) echo "error: unknown step '$s' (corpus decoder mlm warmup cepe summary)" >&2; exit 1 ;;
+    *) echo "error: unknown step '$s' (corpus decoder mlm warmup cepe warmup-decenc cepe-decenc summary)" >&2; exit 1 ;;
   esac
 done
