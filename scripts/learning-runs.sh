@@ -7,7 +7,7 @@
 #                                          (default: all, in order)
 #
 # Environment: CEPE (the binary, default build/bin/cepe), LEARN_DIR (work folder, default build/learning),
-# THREADS (default 1), PYLIB (the stdlib folder, default python3's). Needs spm_train (Debian: sentencepiece). Resumable: a stage whose final checkpoint
+# THREADS (default 1), PYLIB (the stdlib folder, default /usr/lib/python3.11). Needs spm_train (Debian: sentencepiece). Resumable: a stage whose final checkpoint
 # exists is skipped, one with an earlier checkpoint continues with --resume (exactly), so rerun after a kill.
 # The configs are configs/learning/*.json; their paths are relative to LEARN_DIR, where the runs execute.
 set -euo pipefail
@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CEPE=${CEPE:-$ROOT/build/bin/cepe}
 DIR=${LEARN_DIR:-$ROOT/build/learning}
 THREADS=${THREADS:-1}
-PYLIB=${PYLIB:-$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')}
+PYLIB=${PYLIB:-/usr/lib/python3.11}   # Debian bookworm's python3.11 (python3-minimal); the runs used this one
 STATS="python3 $ROOT/scripts/learning_stats.py"
 [ -x "$CEPE" ] || { echo "error: $CEPE not found (build first, or set CEPE)" >&2; exit 1; }
 mkdir -p "$DIR"
