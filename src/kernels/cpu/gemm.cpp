@@ -107,16 +107,6 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double al
   gemm_any(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void gemv(bool trans, int64_t M, int64_t N, double alpha, const double* A, int64_t lda, const double* x, double* y) {
-  if (M == 0 || N == 0) {
-    if (trans) std::fill(y, y + N, 0.0);
-    else std::fill(y, y + M, 0.0);
-    return;
-  }
-  cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha,
-              A, static_cast<blasint>(lda), x, 1, 0.0, y, 1);
-}
-
 template <class T>
 void linear_backward(const T* x, const T* dy, int64_t M, int64_t K, int64_t N, const T* W, T* dx, bool accumulate_dx,
                      T* dW) {
@@ -137,14 +127,36 @@ void linear_backward(const float* x, const float* dy, int64_t M, int64_t K, cons
   linear_backward(x, dy, M, K, W.dim(0), W.data<float>(), dx, accumulate_dx, dW);
 }
 
-void gemv(bool trans, int64_t M, int64_t N, float alpha, const float* A, int64_t lda, const float* x, float* y) {
-  if (M == 0 || N == 0) {
-    if (trans) std::fill(y, y + N, 0.0f);
-    else std::fill(y, y + M, 0.0f);
+namespace {
+
+void blas_gemv(CBLAS_TRANSPOSE t, blasint M, blasint N, float alpha, const float* A, blasint lda, const float* x,
+               float* y) {
+  cblas_sgemv(CblasRowMajor, t, M, N, alpha, A, lda, x, 1, 0.0f, y, 1);
+}
+void blas_gemv(CBLAS_TRANSPOSE t, blasint M, blasint N, double alpha, const double* A, blasint lda, const double* x,
+               double* y) {
+  cblas_dgemv(CblasRowMajor, t, M, N, alpha, A, lda, x, 1, 0.0, y, 1);
+}
+
+template <class T>
+void gemv_any(bool trans, int64_t M, int64_t N, T alpha, const T* A, int64_t lda, const T* x, T* y) {
+  if (M == 0 || N == 0) {  // an empty product: y = 0
+    if (trans) std::fill(y, y + N, T(0));
+    else std::fill(y, y + M, T(0));
     return;
   }
-  cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha,
-              A, static_cast<blasint>(lda), x, 1, 0.0f, y, 1);
+  blas_gemv(trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha, A,
+            static_cast<blasint>(lda), x, y);
+}
+
+}  // namespace
+
+void gemv(bool trans, int64_t M, int64_t N, float alpha, const float* A, int64_t lda, const float* x, float* y) {
+  gemv_any(trans, M, N, alpha, A, lda, x, y);
+}
+
+void gemv(bool trans, int64_t M, int64_t N, double alpha, const double* A, int64_t lda, const double* x, double* y) {
+  gemv_any(trans, M, N, alpha, A, lda, x, y);
 }
 
 namespace {
