@@ -14,11 +14,12 @@ namespace cepe::cli {
 namespace {
 
 const char* kTrainHelp =
-    "usage: cepe train --config FILE [--resume] [--plot OUT.png] [-t THREADS]\n"
+    "usage: cepe train --config FILE [--resume] [--plot OUT.png] [--stop-after N] [-t THREADS] [-q]\n"
     "  FILE: a JSON training config (docs/training.md): stage (decoder | mlm | warmup | cepe | ceped),\n"
     "  output_dir, model, data, batch_size, grad_accum, steps, optimizer, schedule, loss, eval, checkpoint.\n"
     "  --resume   continue from the latest checkpoint in output_dir (same config), exactly\n"
     "  --plot     write a PNG of the train and held-out loss curves (at every eval and at the end)\n"
+    "  --stop-after N   save a checkpoint and stop after N steps of this run (resume later with --resume)\n"
     "  Ctrl-C / SIGTERM finish the current step and save a checkpoint; a second one stops at once.\n"
     "  Data parallel: mpirun -np N cepe train --config FILE (as root add --allow-run-as-root).\n";
 

@@ -702,19 +702,24 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   while (step < c.steps) {
     // One optimizer step: grad_accum micro-batches on every rank, one mean over all their scored positions.
     std::vector<Batch> micro;
+    micro.reserve(static_cast<size_t>(c.grad_accum));  // the inputs below point into these batches
+    std::vector<BatchInput> inputs;
+    std::vector<int64_t> scored;
     double counts[3] = {0, 0, 0};  // scored positions, tokens, KL rows
     for (int64_t m = 0; m < c.grad_accum; ++m) {
-      micro.push_back(train_data.batch(step * c.grad_accum + m));
-      std::vector<int64_t> lab(micro.back().labels.begin(), micro.back().labels.end());
-      counts[0] += static_cast<double>(scored_positions(mc, lab.data(), micro.back().rows, micro.back().seq_len));
-      counts[1] += static_cast<double>(micro.back().rows * (micro.back().seq_len + micro.back().n_ctx * micro.back().ctx_len));
-      if (teacher) counts[2] += static_cast<double>(micro.back().rows * teacher->len());
+      const Batch& b = micro.emplace_back(train_data.batch(step * c.grad_accum + m));
+      inputs.push_back(to_input(b, true));
+      scored.push_back(scored_positions(mc, inputs.back().labels.data(), b.rows, b.seq_len));
+      counts[0] += static_cast<double>(scored.back());
+      counts[1] += static_cast<double>(b.rows * (b.seq_len + b.n_ctx * b.ctx_len));
+      if (teacher) counts[2] += static_cast<double>(b.rows * teacher->len());
     }
     comm->allreduce_sum(counts, 3);
     if (counts[0] == 0) throw Error("step " + std::to_string(step + 1) + ": no position of the batch is scored (labels all -100)");
     double sums[2] = {0, 0};  // Σ ce, Σ kl
-    for (const Batch& b : micro) {
-      BatchInput x = to_input(b, true);
+    for (size_t m = 0; m < micro.size(); ++m) {
+      const Batch& b = micro[m];
+      BatchInput& x = inputs[m];
       if (x.chunks.batch > 0) x.in.context = &x.chunks;
       x.in.lm_loss_cof = c.lm_loss_cof;
       x.in.ce_normalizer = counts[0];
@@ -733,7 +738,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
         x.in.distill = &ds;
         x.in.kl_loss_cof = c.kl_loss_cof;
         x.in.kl_normalizer = counts[2];
-      } else if (scored_positions(mc, x.labels.data(), b.rows, b.seq_len) == 0) {
+      } else if (scored[m] == 0) {
         continue;  // nothing to learn from this micro-batch
       }
       const LossValue v = loss_and_gradients(*model, x.in, set, &grads);
