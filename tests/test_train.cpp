@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cepe/model.h"
+#include "cepe/safetensors.h"
 #include "cli_runner.h"
 #include "golden.h"
 #include "kernels/cpu/gemm.h"
@@ -182,7 +184,7 @@ TEST_F(TrainTest, MlmPretrainingLowersTheMaskedTokenLoss) {
   EXPECT_LT(r.evals.back().loss, 0.85 * unigram) << "unigram " << unigram;
 }
 
-TEST_F(TrainTest, WarmupLearnsToCopyAndCepeUsesTheContext) {
+TEST_F(TrainTest, WarmupReadsTheContextAndCepeTrainsOnlyItsSet) {
   // Random words: without the encoder little is predictable; with the duplicated context, a copy.
   write_random_text_tokens(path("train-text"), path("train.tokens"), 200, 5);
   write_random_text_tokens(path("held-text"), path("held.tokens"), 20, 6);
@@ -212,9 +214,29 @@ TEST_F(TrainTest, WarmupLearnsToCopyAndCepeUsesTheContext) {
   const auto r2 = run(c2);
   ASSERT_EQ(r2.evals.size(), 2u);
   ASSERT_TRUE(r2.evals.back().loss_no_context.has_value());
-  // Random words: the context (other words) cannot help much, and it must not hurt either.
+  // Random words: the context (other words) cannot help much, and it must not hurt either. (Whether the loss
+  // moves in 20 steps is at the level of float rounding here, so it is not asserted; docs/training.md has runs.)
   EXPECT_LT(r2.evals.back().loss, *r2.evals.back().loss_no_context + 0.05);
-  EXPECT_LT(r2.evals.back().loss, r2.evals.front().loss);
+  // The standard stage trains the cross-attention and the encoder only: the decoder leaves it bit for bit.
+  const SafeTensors before = SafeTensors::open((fs::path(r.last_checkpoint) / "model.safetensors").string());
+  const SafeTensors after = SafeTensors::open((fs::path(r2.last_checkpoint) / "model.safetensors").string());
+  ASSERT_EQ(before.names(), after.names());
+  int changed = 0, kept = 0;
+  for (const std::string& name : after.names()) {
+    const Tensor a = before.get(name), b = after.get(name);
+    ASSERT_EQ(a.nbytes(), b.nbytes()) << name;
+    const bool same = std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+    const bool trainable = name.find("cross_attn") != std::string::npos || name.rfind("encoder.", 0) == 0;
+    if (trainable) {
+      EXPECT_FALSE(same) << name << " is trained in the cepe stage but did not move";
+      changed += !same;
+    } else {
+      EXPECT_TRUE(same) << name << " is frozen in the cepe stage but changed";
+      kept += same;
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(changed, 0) << "no trainable tensor moved";
 }
 
 TEST_F(TrainTest, CepedLowersItsKlToTheTeacher) {
@@ -330,6 +352,22 @@ TEST_F(TrainTest, ResumeAfterKill9ReproducesTheLossesExactly) {
   // The final checkpoints are identical too.
   EXPECT_EQ(testing::read_text(fs::path(path("a")) / "checkpoint-40" / "model.safetensors"),
             testing::read_text(fs::path(path("b")) / "checkpoint-40" / "model.safetensors"));
+
+  // --stop-after: a clean stop with a checkpoint between the scheduled ones (step 12), then --resume; and a
+  // second stop that lands on a scheduled checkpoint (12 + 8 = 20).
+  const std::string cfg_c = config_file("c");
+  const auto first = run_cepe({"train", "--config", cfg_c, "-t", "1", "-q", "--stop-after", "12"});
+  ASSERT_TRUE(testing::Succeeded(first));
+  EXPECT_TRUE(fs::exists(fs::path(path("c")) / "checkpoint-12" / "trainer_state.json"));
+  EXPECT_FALSE(fs::exists(fs::path(path("c")) / "checkpoint-15"));
+  const auto second = run_cepe({"train", "--config", cfg_c, "-t", "1", "-q", "--resume", "--stop-after", "8"});
+  ASSERT_TRUE(testing::Succeeded(second));
+  EXPECT_TRUE(fs::exists(fs::path(path("c")) / "checkpoint-20" / "trainer_state.json"));
+  EXPECT_FALSE(fs::exists(fs::path(path("c")) / "checkpoint-25"));
+  ASSERT_TRUE(testing::Succeeded(run_cepe({"train", "--config", cfg_c, "-t", "1", "-q", "--resume"})));
+  EXPECT_EQ(a, losses(path("c"))) << "per-step losses after --stop-after and --resume differ";
+  EXPECT_EQ(testing::read_text(fs::path(path("a")) / "checkpoint-40" / "model.safetensors"),
+            testing::read_text(fs::path(path("c")) / "checkpoint-40" / "model.safetensors"));
 }
 
 TEST_F(TrainTest, BadConfigsEndInOneErrorAndOverwriteNothing) {
