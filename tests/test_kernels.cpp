@@ -19,6 +19,7 @@
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/fast_exp.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/gemv_half.h"
 #include "kernels/cpu/rmsnorm.h"
@@ -1597,6 +1598,55 @@ TEST(KernelSharedKvAttention, RejectsBadArguments) {
   EXPECT_THROW(kernels::shared_kv_attention(q.data(), 1, 8, S.raw(), DType::BF16, 0, nullptr, out.data()), Error);
   EXPECT_THROW(kernels::shared_kv_attention(q.data(), 1, 8, Si.raw(), DType::I32, 4, nullptr, out.data()), Error);
   EXPECT_NO_THROW(kernels::shared_kv_attention(q.data(), 1, 8, S.raw(), DType::BF16, 4, nullptr, out.data()));
+}
+
+// fast_exp.h on every instruction set this CPU runs, against double-precision exp.
+TEST(KernelFastExp, EveryIsaMatchesDoubleReference) {
+  std::mt19937 rng(77);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (GemvIsa isa : gemv_isas()) {
+    for (int64_t n : {1, 7, 8, 9, 16, 17, 31, 1000}) {
+      std::vector<float> x = random_vec(rng, n, -30.0f, 5.0f);
+      x[0] = -inf;  // a masked key
+      if (n > 2) x[1] = 5.0f, x[2] = -200.0f;
+      const float shift = 5.0f;
+      std::vector<float> y = x;
+      kernels::detail::exp_shift(y.data(), n, shift, isa);
+      for (int64_t i = 0; i < n; ++i) {
+        const float d = x[idx(i)] - shift;  // the kernel's f32 difference (its rounding is not exp's error)
+        const double want = std::exp(std::min(static_cast<double>(d), 0.0));
+        // ~2 ulp relative; below the normal range an absolute 1e-37
+        EXPECT_NEAR(y[idx(i)], want, 3e-7 * want + 1e-37) << kernels::detail::gemv_isa_name(isa) << " x=" << x[idx(i)];
+      }
+      EXPECT_EQ(y[0], 0.0f);
+      // The sum: every path sums the same lanes in the same order, so the results are identical.
+      const double s = kernels::detail::sum_f64(y.data(), n, isa);
+      EXPECT_EQ(s, kernels::detail::sum_f64(y.data(), n, GemvIsa::Generic)) << kernels::detail::gemv_isa_name(isa);
+      double want_sum = 0.0;
+      for (float v : y) want_sum += v;
+      EXPECT_NEAR(s, want_sum, 1e-12 * (1 + want_sum));
+
+      std::vector<float> z = random_vec(rng, n, -40.0f, 40.0f), sig(idx(n));
+      z[0] = -inf;
+      if (n > 2) z[1] = inf, z[2] = 0.0f;
+      kernels::detail::sigmoid(z.data(), n, sig.data(), isa);
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = 1.0 / (1.0 + std::exp(-static_cast<double>(z[idx(i)])));
+        EXPECT_NEAR(sig[idx(i)], want, 4e-7 * want + 1e-37) << kernels::detail::gemv_isa_name(isa) << " x=" << z[idx(i)];
+      }
+    }
+    // NaN stays NaN (a silently finite result would hide it from the checks downstream), in the vector body
+    // and in the tail.
+    for (int64_t n : {1, 9}) {
+      std::vector<float> nan_in(idx(n), std::numeric_limits<float>::quiet_NaN()), nan_out(idx(n));
+      kernels::detail::sigmoid(nan_in.data(), n, nan_out.data(), isa);
+      kernels::detail::exp_shift(nan_in.data(), n, 0.0f, isa);
+      for (int64_t i = 0; i < n; ++i) {
+        EXPECT_TRUE(std::isnan(nan_out[idx(i)])) << kernels::detail::gemv_isa_name(isa);
+        EXPECT_TRUE(std::isnan(nan_in[idx(i)])) << kernels::detail::gemv_isa_name(isa);
+      }
+    }
+  }
 }
 
 }  // namespace

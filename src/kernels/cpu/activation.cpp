@@ -1,14 +1,43 @@
 #include "kernels/cpu/activation.h"
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/fast_exp.h"
+
 namespace cepe::kernels {
+
+namespace {
+
+// f32: σ of a chunk at a time through the vectorised sigmoid (fast_exp.h), then plain loops the compiler
+// vectorises. f(i0, len, sig) handles elements [i0, i0 + len) given sig[0, len) = σ(x[i0 + ...]).
+constexpr int64_t kChunk = 1024;
+template <class F>
+void by_sigmoid_chunks(const float* x, int64_t n, F f) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t c = 0; c < chunks; ++c) {
+    float sig[kChunk];
+    const int64_t i0 = c * kChunk, len = std::min(kChunk, n - i0);
+    sigmoid(x + i0, len, sig);
+    f(i0, len, sig);
+  }
+}
+
+}  // namespace
 
 void swiglu(float* gate, const float* up, int64_t n) { swiglu<float>(gate, up, n, gate); }
 
 template <class T>
 void swiglu(const T* gate, const T* up, int64_t n, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    by_sigmoid_chunks(gate, n, [&](int64_t i0, int64_t len, const float* sig) {
+      for (int64_t i = 0; i < len; ++i) out[i0 + i] = gate[i0 + i] * sig[i] * up[i0 + i];
+    });
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const T g = gate[i];
@@ -18,6 +47,16 @@ void swiglu(const T* gate, const T* up, int64_t n, T* out) {
 
 template <class T>
 void swiglu_backward(const T* dout, const T* gate, const T* up, int64_t n, T* dgate, T* dup) {
+  if constexpr (std::is_same_v<T, float>) {
+    by_sigmoid_chunks(gate, n, [&](int64_t i0, int64_t len, const float* sig) {
+      for (int64_t i = 0; i < len; ++i) {
+        const float g = gate[i0 + i], sg = sig[i], d = dout[i0 + i];
+        dup[i0 + i] = d * (g * sg);
+        dgate[i0 + i] = d * up[i0 + i] * sg * (1.0f + g * (1.0f - sg));
+      }
+    });
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const T g = gate[i], sig = T(1) / (T(1) + std::exp(-g)), s = g * sig;
@@ -28,12 +67,24 @@ void swiglu_backward(const T* dout, const T* gate, const T* up, int64_t n, T* dg
 
 template <class T>
 void silu(const T* x, int64_t n, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    by_sigmoid_chunks(x, n, [&](int64_t i0, int64_t len, const float* sig) {
+      for (int64_t i = 0; i < len; ++i) out[i0 + i] = x[i0 + i] * sig[i];
+    });
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] / (T(1) + std::exp(-x[i]));
 }
 
 template <class T>
 void silu_backward(const T* dout, const T* x, int64_t n, T* dx) {
+  if constexpr (std::is_same_v<T, float>) {
+    by_sigmoid_chunks(x, n, [&](int64_t i0, int64_t len, const float* sig) {
+      for (int64_t i = 0; i < len; ++i) dx[i0 + i] = dout[i0 + i] * sig[i] * (1.0f + x[i0 + i] * (1.0f - sig[i]));
+    });
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const T sig = T(1) / (T(1) + std::exp(-x[i]));

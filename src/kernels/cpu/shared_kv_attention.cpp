@@ -10,6 +10,7 @@
 
 #include "cepe/error.h"
 #include "core/half.h"
+#include "kernels/cpu/fast_exp.h"
 #include "kernels/cpu/x86_simd.h"
 
 namespace cepe::kernels {
@@ -27,7 +28,7 @@ const float kNegInf = -std::numeric_limits<float>::infinity();
 //   widened into `wide` (row stride ldw) on the way, and the f32 rows are returned (s itself, stride D, when
 //   dt is F32). The bytes [pf, pf_end) (the next block's stored rows) are prefetched into L2 along the way.
 // accumulate: u [M, D] += p [M, n] · s [n, D] with s of row stride lds.
-// exp_shift: x[i] = exp(x[i] - shift), with exp(-inf) = 0.
+// exp_shift: x[i] = exp(x[i] - shift), with exp(-inf) = 0 (fast_exp.h, on the same instruction set).
 struct Kernels {
   const float* (*scores)(const float* q, int64_t M, int64_t D, const void* s, DType dt, float* wide, int64_t ldw,
                          int64_t n, float* sc, const char* pf, const char* pf_end);
@@ -82,9 +83,7 @@ void accumulate_generic(const float* p, int64_t M, int64_t n, const float* s, in
   accumulate_columns(p, M, n, s, lds, D, u, D);
 }
 
-void exp_shift_generic(float* x, int64_t n, float shift) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i] - shift);
-}
+void exp_shift_generic(float* x, int64_t n, float shift) { detail::exp_shift(x, n, shift, detail::GemvIsa::Generic); }
 
 constexpr Kernels kGeneric{scores_generic, accumulate_generic, exp_shift_generic};
 
@@ -93,13 +92,6 @@ constexpr Kernels kGeneric{scores_generic, accumulate_generic, exp_shift_generic
 // Where a score tile reads its key rows: f32 rows, or stored half rows that it widens exactly and also
 // writes to the block's f32 buffer for the later tiles (one pass instead of a separate widening pass).
 enum class Src { F32, BF16, F16 };
-
-// exp(x) = 2^k · e^t with k = round(x·log2 e), t = x - k·ln2 (ln2 split in two: k·kLn2Hi is exact), and e^t
-// from its degree-7 Taylor polynomial (Horner coefficients, highest first).
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693359375f;
-constexpr float kLn2Lo = -2.12194440e-4f;
-constexpr float kExpTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
 
 // --- AVX-512 ------------------------------------------------------------------------------------------------
 
@@ -255,28 +247,7 @@ CEPE_TARGET_AVX512 void accumulate_avx512(const float* p, int64_t M, int64_t n, 
   else if (rest > 0) accumulate_strip<1>(p, M, n, s + d, lds, D, u + d, tail_mask(rest));
 }
 
-// exp(x) for x <= 0 to within ~2 ulp: x = k·ln2 + t with |t| <= ln2/2, a degree-7 Taylor polynomial in t
-// (truncation < 2e-9), scaled by 2^k with vscalefps, which also takes the result to exactly 0 below -110
-// (and -inf to 0).
-CEPE_TARGET_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-110.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 t = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Hi), x);
-  t = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Lo), t);
-  __m512 y = _mm512_set1_ps(kExpTaylor[0]);
-  for (int i = 1; i < 8; ++i) y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(kExpTaylor[i]));
-  return _mm512_scalef_ps(y, k);
-}
-
-CEPE_TARGET_AVX512 void exp_shift_avx512(float* x, int64_t n, float shift) {
-  const __m512 sh = _mm512_set1_ps(shift);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 k = tail_mask(n - i);
-    const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), sh);
-    _mm512_mask_storeu_ps(x + i, k, exp_nonpositive(_mm512_min_ps(v, _mm512_setzero_ps())));
-  }
-}
+void exp_shift_avx512(float* x, int64_t n, float shift) { detail::exp_shift(x, n, shift, detail::GemvIsa::Avx512); }
 
 constexpr Kernels kAvx512{scores_avx512, accumulate_avx512, exp_shift_avx512};
 
@@ -406,30 +377,7 @@ CEPE_TARGET_AVX2 void accumulate_avx2(const float* p, int64_t M, int64_t n, cons
   if (d < D) accumulate_columns(p, M, n, s + d, lds, D, u + d, D - d);
 }
 
-// exp(x) for x <= 0 as exp_nonpositive above, with 2^k applied through the exponent bits (valid while the
-// result is normal: x >= -86); below -86 the result is 0, an absolute error under 5e-38.
-CEPE_TARGET_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
-  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_LT_OQ);
-  x = _mm256_max_ps(x, _mm256_set1_ps(-86.0f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 t = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Hi), x);
-  t = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Lo), t);
-  __m256 y = _mm256_set1_ps(kExpTaylor[0]);
-  for (int i = 1; i < 8; ++i) y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(kExpTaylor[i]));
-  const __m256i scaled = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23));
-  return _mm256_andnot_ps(underflow, _mm256_castsi256_ps(scaled));
-}
-
-CEPE_TARGET_AVX2 void exp_shift_avx2(float* x, int64_t n, float shift) {
-  const __m256 sh = _mm256_set1_ps(shift);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_min_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh), _mm256_setzero_ps());
-    _mm256_storeu_ps(x + i, exp_nonpositive_avx2(v));
-  }
-  if (i < n) exp_shift_generic(x + i, n - i, shift);
-}
+void exp_shift_avx2(float* x, int64_t n, float shift) { detail::exp_shift(x, n, shift, detail::GemvIsa::Avx2); }
 
 constexpr Kernels kAvx2{scores_avx2, accumulate_avx2, exp_shift_avx2};
 

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/fast_exp.h"
 #include "kernels/cpu/gemm.h"
 
 namespace cepe::kernels {
@@ -37,8 +39,39 @@ void log_softmax_rows(const float* x, int64_t rows, int64_t n, float* out) {
   }
 }
 
+namespace {
+
+// f32 (the training and inference path): masked keys become -inf, then one vectorised exp pass and sum.
+bool masked_softmax_row_f32(float* s, int64_t limit, int64_t n, const uint8_t* mask, float* lse) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  float m = neg_inf;
+  bool any = false;
+  for (int64_t j = 0; j < limit; ++j) {
+    if (mask && !mask[j]) {
+      s[j] = neg_inf;
+      continue;
+    }
+    any = true;
+    m = std::max(m, s[j]);
+  }
+  if (!any) {
+    std::fill(s, s + n, 0.0f);
+    return false;
+  }
+  exp_shift(s, limit, m);
+  const double sum = sum_f64(s, limit);
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t j = 0; j < limit; ++j) s[j] *= inv;
+  std::fill(s + limit, s + n, 0.0f);
+  if (lse) *lse = m + static_cast<float>(std::log(sum));
+  return true;
+}
+
+}  // namespace
+
 template <class T>
 bool masked_softmax_row(T* s, int64_t limit, int64_t n, const uint8_t* mask, T* lse) {
+  if constexpr (std::is_same_v<T, float>) return masked_softmax_row_f32(s, limit, n, mask, lse);
   T m = -std::numeric_limits<T>::infinity();
   bool any = false;
   for (int64_t j = 0; j < limit; ++j) {
