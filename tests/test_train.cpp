@@ -23,6 +23,7 @@
 #include "cli_runner.h"
 #include "golden.h"
 #include "kernels/cpu/gemm.h"
+#include "train/assemble.h"
 #include "train/teacher.h"
 #include "train/token_file.h"
 #include "train/tokenize_corpus.h"
@@ -239,6 +240,51 @@ TEST_F(TrainTest, WarmupReadsTheContextAndCepeTrainsOnlyItsSet) {
   EXPECT_GT(changed, 0) << "no trainable tensor moved";
 }
 
+// model.init_from: a random model takes every same-named tensor of a checkpoint (an MLM encoder started from
+// the decoder: its trunk, and the vocabulary rows the [MASK] token extends).
+TEST_F(TrainTest, InitFromCopiesTheTensorsOfTheSameName) {
+  const auto dec = CepeModel::create_random(parse_cepe_config(decoder_config(), "decoder"), 1);
+  dec->save(path("dec"));
+  json mc = decoder_config(513);
+  mc["architectures"] = {"LlamaForMLM"};
+  mc["is_decoder"] = false;
+  mc["num_hidden_layers"] = 1;  // shallower than the decoder: its layer 1 is not read
+  const CepeConfig mlm_cfg = parse_cepe_config(mc, "mlm");
+  const auto mlm = CepeModel::create_random(mlm_cfg, 2);
+  // embed_tokens, layer 0's 9 tensors, the final norm, lm_head
+  EXPECT_EQ(train::init_from_checkpoint(*mlm, path("dec")), 12);
+  mlm->save(path("mlm"));
+  CepeModel::create_random(mlm_cfg, 2)->save(path("fresh"));
+  const SafeTensors d = SafeTensors::open(path("dec") + "/model.safetensors");
+  const SafeTensors m = SafeTensors::open(path("mlm") + "/model.safetensors");
+  const SafeTensors f = SafeTensors::open(path("fresh") + "/model.safetensors");
+  for (const std::string& name : m.names()) {
+    const Tensor mt = m.get(name), ft = f.get(name);
+    if (!d.has(name)) {  // the MLM head keeps its init
+      EXPECT_EQ(std::memcmp(mt.raw(), ft.raw(), mt.nbytes()), 0) << name;
+      continue;
+    }
+    const Tensor dt = d.get(name);
+    ASSERT_LE(dt.nbytes(), mt.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(mt.raw(), dt.raw(), dt.nbytes()), 0) << name << " was not copied";
+    if (dt.nbytes() < mt.nbytes()) {  // the [MASK] row keeps its init
+      EXPECT_EQ(std::memcmp(mt.data<char>() + dt.nbytes(), ft.data<char>() + dt.nbytes(), mt.nbytes() - dt.nbytes()), 0) << name;
+    }
+  }
+  EXPECT_TRUE(m.has("model.layers.0.self_attn.q_proj.weight"));
+  EXPECT_FALSE(m.has("model.layers.1.self_attn.q_proj.weight"));
+  // Another width is refused, naming the tensor and both shapes.
+  json narrow = mc;
+  narrow["hidden_size"] = 32;
+  const auto other = CepeModel::create_random(parse_cepe_config(narrow, "narrow"), 3);
+  try {
+    train::init_from_checkpoint(*other, path("dec"));
+    ADD_FAILURE() << "a 32-wide model took a 64-wide checkpoint";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.embed_tokens.weight is [512, 64] there but [513, 32]"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(TrainTest, CepedLowersItsKlToTheTeacher) {
   write_tokens(path("train.tokens"), markov_docs(40, 400, 11));
   write_tokens(path("held.tokens"), markov_docs(4, 400, 12));
@@ -380,6 +426,9 @@ TEST_F(TrainTest, BadConfigsEndInOneErrorAndOverwriteNothing) {
   json c = good;
   c["optimizer"]["learning_rate"] = 1e-3;
   EXPECT_TRUE(CleanError(try_config(c), {"optimizer.learning_rate", "unknown key"}));
+  c = good;
+  c["model"] = {{"checkpoint", path("x")}, {"init_from", path("y")}};
+  EXPECT_TRUE(CleanError(try_config(c), {"init_from goes with config"}));
   c = good;
   c["stage"] = "pretrain";
   EXPECT_TRUE(CleanError(try_config(c), {"stage", "pretrain"}));

@@ -127,4 +127,29 @@ std::shared_ptr<CepeModel> assemble_cepe(const CepeAssembly& a) {
   return model;
 }
 
+int64_t init_from_checkpoint(CepeModel& model, const std::string& dir) {
+  auto src = CepeModel::load(dir, LoadOptions{.owned_f32 = true});
+  std::map<std::string, Tensor> from;
+  for (const TensorEntry& e : model_tensors(src->config(), &model_impl(*src).weights)) from[e.name] = *e.slot;
+  ModelImpl& im = model_impl(model);
+  int64_t copied = 0;
+  for (const TensorEntry& e : model_tensors(model.config(), &im.weights)) {
+    auto it = from.find(e.name);
+    if (it == from.end()) continue;
+    const Tensor& s = it->second;
+    Tensor& d = *e.slot;
+    bool rows_only = s.rank() == d.rank() && s.rank() >= 1 && s.dim(0) <= d.dim(0);
+    for (int i = 1; rows_only && i < s.rank(); ++i) rows_only = s.dim(i) == d.dim(i);
+    check(rows_only && s.dtype() == DType::F32 && d.dtype() == DType::F32, [&] {
+      return "init_from " + dir + ": " + e.name + " is " + shape_str(s.shape()) + " there but " + shape_str(d.shape()) +
+             " in the model (only a first dimension that the model extends may differ)";
+    });
+    std::memcpy(d.raw(), s.raw(), s.nbytes());
+    ++copied;
+  }
+  check(copied > 0, [&] { return "init_from " + dir + ": no tensor of that checkpoint has a name the model uses"; });
+  bind_tied(model.config(), im.weights);
+  return copied;
+}
+
 }  // namespace cepe::train

@@ -33,6 +33,13 @@ struct CepeAssembly {
 // Owned f32 weights, ready to train.
 std::shared_ptr<CepeModel> assemble_cepe(const CepeAssembly& a);
 
+// Copies into `model` (random, owned f32) every tensor of the checkpoint `dir` stored under the same name: of the
+// same shape, or with fewer rows when only the first dimension differs (a vocabulary the model extends, e.g.
+// the MLM's [MASK] row; the extra rows keep their init). Layers the checkpoint lacks keep their init, its extra
+// layers are not read. Any other shape mismatch is an error. Returns how many tensors were copied (> 0).
+// For small models trained here: an MLM encoder started from the decoder shares the decoder's basis.
+int64_t init_from_checkpoint(CepeModel& model, const std::string& dir);
+
 // Applies `mode` to every cross-attention module of `model` (its weights must be owned f32).
 void init_cross_attention(CepeModel& model, CrossInit mode, uint64_t seed);
 

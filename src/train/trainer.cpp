@@ -162,6 +162,7 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
     Obj m = o.sub("model");
     c.model.checkpoint = m.str("checkpoint", "");
     if (m.has("config")) c.model.config = m.raw("config");
+    c.model.init_from = m.str("init_from", "");
     c.model.decoder = m.str("decoder", "");
     c.model.encoder = m.str("encoder", "");
     if (m.has("encoder_config")) c.model.encoder_config = m.raw("encoder_config");
@@ -175,6 +176,8 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
     m.done();
     const int sources = !c.model.checkpoint.empty() + !c.model.config.is_null() + !c.model.decoder.empty();
     if (sources != 1) o.fail("model", "needs exactly one of checkpoint, config (random init) or decoder (+ encoder)");
+    if (!c.model.init_from.empty() && c.model.config.is_null())
+      o.fail("model", "init_from goes with config (a random model whose matching tensors it replaces)");
     if ((!c.model.encoder.empty() || !c.model.encoder_config.is_null()) && c.model.decoder.empty())
       o.fail("model", "encoder / encoder_config go with decoder (a CEPE assembly)");
   }
@@ -356,6 +359,7 @@ std::shared_ptr<CepeModel> build_model(const TrainConfig& c) {
     init_cross_attention(*model, parse_cross_init(m.init_mode), m.seed);
   } else if (!m.config.is_null()) {
     model = CepeModel::create_random(parse_cepe_config(m.config, "model.config"), m.seed, m.initializer_range);
+    if (!m.init_from.empty()) init_from_checkpoint(*model, m.init_from);
   } else {
     CepeAssembly a;
     a.decoder = m.decoder;
@@ -745,8 +749,12 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
       sums[0] += v.ce_sum;
       sums[1] += v.kl_sum;
     }
+    // The gradient all-reduce runs after the backward (not overlapped with it): at the sizes measured here it
+    // is ~1-2% of a step (docs/training.md, "Data parallelism"); its time is logged as allreduce_s.
+    const auto reduce_t0 = std::chrono::steady_clock::now();
     if (reducer) reducer->reduce_all();
     comm->allreduce_sum(sums, 2);
+    const double reduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - reduce_t0).count();
     const double lr = sched.lr(step);
     const GradClip clip = optimizer_update(slots, adam, c.max_grad_norm, lr);
     ++step;
@@ -761,10 +769,13 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     history.push_back({step, rec.loss});
     tokens_run += static_cast<int64_t>(counts[1]);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (step % c.log_every == 0 || step == c.steps)
-      log_line({{"step", step}, {"loss", rec.loss}, {"ce", rec.ce}, {"kl", rec.kl}, {"lr", lr}, {"grad_norm", rec.grad_norm},
+    if (step % c.log_every == 0 || step == c.steps) {
+      json line{{"step", step}, {"loss", rec.loss}, {"ce", rec.ce}, {"kl", rec.kl}, {"lr", lr}, {"grad_norm", rec.grad_norm},
                 {"tokens", static_cast<int64_t>(counts[1])}, {"tokens_per_s", elapsed > 0 ? tokens_run / elapsed : 0.0},
-                {"elapsed_s", elapsed}});
+                {"elapsed_s", elapsed}};
+      if (world > 1) line["allreduce_s"] = reduce_s;
+      log_line(line);
+    }
     bar.set_note("loss " + fmt("%.4f", rec.loss) + ", lr " + fmt("%.2e", lr) + ", " +
                  fmt("%.0f", elapsed > 0 ? tokens_run / elapsed : 0.0) + " tok/s");
     bar.update(step);

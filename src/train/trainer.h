@@ -34,6 +34,7 @@ struct TrainConfig {
   struct Model {
     std::string checkpoint;
     nlohmann::json config;  // a config.json object (random init)
+    std::string init_from;  // with config: a checkpoint whose same-named tensors replace the random ones
     std::string decoder, encoder;
     nlohmann::json encoder_config;  // a random encoder for the assembly
     int64_t num_cross_attn_layers = 0;
