@@ -3,7 +3,7 @@
 # (duplicate, init_mode copy) and the standard CEPE stage, each a `cepe train` run, in order, on CPython's
 # standard library (code: real text, already on every machine).
 #
-#   scripts/learning-runs.sh [STEP...]     STEP = corpus decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 summary
+#   scripts/learning-runs.sh [STEP...]     STEP = corpus decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 warmup-decenc-long mlm-long mlm-fromdec warmup-fromdec warmup-fromdec-6k mlm-fromdec4 warmup-fromdec4 cepe-fromdec4 summary
 #                                          (default: all, in order)
 #
 # Environment: CEPE (the binary, default build/bin/cepe), LEARN_DIR (work folder, default build/learning),
@@ -64,16 +64,18 @@ stage() {
 
 summary() {
   echo "unigram: $($STATS unigram data/train.tokens data/held.tokens)"
-  for s in decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2; do [ -f "runs/$s/log.jsonl" ] && $STATS summary "runs/$s"; done
+  for s in decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 warmup-decenc-long mlm-long mlm-fromdec \
+      warmup-fromdec warmup-fromdec-6k mlm-fromdec4 warmup-fromdec4 cepe-fromdec4; do [ -f "runs/$s/log.jsonl" ] && $STATS summary "runs/$s"; done
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(corpus decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 summary)
+[ ${#steps[@]} -gt 0 ] || steps=(corpus decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 warmup-decenc-long mlm-long mlm-fromdec warmup-fromdec warmup-fromdec-6k mlm-fromdec4 warmup-fromdec4 cepe-fromdec4 summary)
 for s in "${steps[@]}"; do
   case $s in
     corpus) corpus ;;
-    decoder | mlm | warmup | cepe | warmup-decenc | cepe-decenc | warmup-decenc-2) stage "$s" ;;
+    decoder | mlm | warmup | cepe | warmup-decenc | cepe-decenc | warmup-decenc-2 | warmup-decenc-long | mlm-long | mlm-fromdec | \
+      warmup-fromdec | warmup-fromdec-6k | mlm-fromdec4 | warmup-fromdec4 | cepe-fromdec4) stage "$s" ;;
     summary) summary ;;
-    *) echo "error: unknown step '$s' (corpus decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 summary)" >&2; exit 1 ;;
+    *) echo "error: unknown step '$s' (corpus decoder mlm warmup cepe warmup-decenc cepe-decenc warmup-decenc-2 warmup-decenc-long mlm-long mlm-fromdec warmup-fromdec warmup-fromdec-6k mlm-fromdec4 warmup-fromdec4 cepe-fromdec4 summary)" >&2; exit 1 ;;
   esac
 done

@@ -67,25 +67,25 @@ void gemm_any(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alp
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     return;
   }
-  // OpenBLAS clears C for beta = 0 with its generic scalar beta kernel on Haswell/Zen, and in its threaded
-  // driver that pass costs up to ~8% of a training step. memset (vectorised, split over the team) and
-  // accumulating give the same bits: 0 + x = x exactly, and the BLAS never reads C's old values.
-  if (beta == T(0)) {
-    const bool dense = ldc == N;
-    const int64_t rows = dense ? 1 : M, row_elems = dense ? M * N : N;
-    if (!omp_in_parallel() && M * N >= (int64_t{1} << 16) && rows == 1) {
+  counted(trans_a, trans_b, M, N, K, [&] {  // (the clearing counts as the product's time)
+    // OpenBLAS clears C for beta = 0 with its generic scalar beta kernel on Haswell/Zen, and in its threaded
+    // driver that pass costs up to ~8% of a training step. memset (vectorised, split over the team) and
+    // accumulating give the same bits: 0 + x = x exactly, and the BLAS never reads C's old values.
+    if (beta == T(0)) {
+      const bool dense = ldc == N;
+      const int64_t rows = dense ? 1 : M, row_elems = dense ? M * N : N;
+      if (!omp_in_parallel() && M * N >= (int64_t{1} << 16) && rows == 1) {
 #pragma omp parallel
-      {
-        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t lo = row_elems * t / nt, hi = row_elems * (t + 1) / nt;
-        std::memset(C + lo, 0, static_cast<size_t>(hi - lo) * sizeof(T));
+        {
+          const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+          const int64_t lo = row_elems * t / nt, hi = row_elems * (t + 1) / nt;
+          std::memset(C + lo, 0, static_cast<size_t>(hi - lo) * sizeof(T));
+        }
+      } else {
+        for (int64_t i = 0; i < rows; ++i) std::memset(C + i * ldc, 0, static_cast<size_t>(row_elems) * sizeof(T));
       }
-    } else {
-      for (int64_t i = 0; i < rows; ++i) std::memset(C + i * ldc, 0, static_cast<size_t>(row_elems) * sizeof(T));
+      beta = T(1);
     }
-    beta = T(1);
-  }
-  counted(trans_a, trans_b, M, N, K, [&] {
     blas_gemm(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
               static_cast<blasint>(N), static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B,
               static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
