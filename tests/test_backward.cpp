@@ -2,6 +2,7 @@
 // kernels are templates; f64 is the build these tests check, f32 the one the models run).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -222,6 +223,61 @@ void check_attention(const AttnCase& c) {
   expect_gradient(q, dq, f, r, "attention dq");
   expect_gradient(k, dk, f, r, "attention dk");
   expect_gradient(v, dv, f, r, "attention dv");
+
+  // The same with the forward's softmax weights kept (probs): the backward reads them instead of recomputing
+  // scale·QKᵀ and exp; the gradients agree with finite differences and with the recomputing backward.
+  Vec out2(c.B * c.T * qd), lse2(c.B * c.Hq * c.T), probs(c.B * c.Hq * c.T * c.K, -7.0);
+  auto a2 = args(out2, &lse2);
+  a2.probs = probs.data();
+  kernels::attention(a2);
+  EXPECT_EQ(out2, out);
+  Vec dq2(q.size(), 0.0), dk2(k.size(), 0.0), dv2(v.size(), 0.0);
+  kernels::attention_backward(a2, r.data(), qd, dq2.data(), dk2.data(), dv2.data());
+  expect_gradient(q, dq2, f, r, "attention dq (kept weights)");
+  expect_gradient(k, dk2, f, r, "attention dk (kept weights)");
+  expect_gradient(v, dv2, f, r, "attention dv (kept weights)");
+  for (size_t i = 0; i < dq.size(); ++i) EXPECT_NEAR(dq2[i], dq[i], 1e-12) << "dq " << i;
+  for (size_t i = 0; i < dk.size(); ++i) EXPECT_NEAR(dk2[i], dk[i], 1e-12) << "dk " << i;
+  for (size_t i = 0; i < dv.size(); ++i) EXPECT_NEAR(dv2[i], dv[i], 1e-12) << "dv " << i;
+}
+
+// f32: the recomputing backward (used when the weights would be too large to keep) and the kept-weights one give
+// the same gradients to float rounding, through the vectorised exp (fast_exp.h).
+TEST(Backward, AttentionF32KeptWeightsEqualRecomputed) {
+  const int64_t B = 2, T = 70, Hq = 4, Hkv = 2, hd = 8, qd = Hq * hd, kvd = Hkv * hd;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  auto rnd = [&](int64_t n) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& e : x) e = u(rng);
+    return x;
+  };
+  const std::vector<float> q = rnd(B * T * qd), k = rnd(B * T * kvd), v = rnd(B * T * kvd), r = rnd(B * T * qd);
+  std::vector<uint8_t> mask(static_cast<size_t>(B * T), 1);
+  mask[0] = mask[1] = mask[static_cast<size_t>(T + 5)] = 0;
+  std::vector<float> grads[2][3];
+  for (int keep = 0; keep < 2; ++keep) {
+    std::vector<float> out(q.size()), lse(static_cast<size_t>(B * Hq * T)), probs(static_cast<size_t>(B * Hq * T * T));
+    kernels::AttentionArgs a = kernels::heads_layout(Hq, Hkv, hd, q.data(), out.data(), B, T, k.data(), v.data(), T);
+    a.causal = true;
+    a.key_mask = mask.data();
+    a.mask_batch_stride = T;
+    a.lse = lse.data();
+    a.probs = keep ? probs.data() : nullptr;
+    kernels::attention(a);
+    for (auto& g : grads[keep]) g.clear();
+    grads[keep][0].assign(q.size(), 0.0f);
+    grads[keep][1].assign(k.size(), 0.0f);
+    grads[keep][2].assign(v.size(), 0.0f);
+    kernels::attention_backward(a, r.data(), qd, grads[keep][0].data(), grads[keep][1].data(), grads[keep][2].data());
+  }
+  for (int t = 0; t < 3; ++t) {
+    float scale = 0;
+    for (float g : grads[0][t]) scale = std::max(scale, std::fabs(g));
+    ASSERT_GT(scale, 0.0f);
+    for (size_t i = 0; i < grads[0][t].size(); ++i)
+      EXPECT_NEAR(grads[1][t][i], grads[0][t][i], 2e-6f * scale) << "tensor " << t << " element " << i;
+  }
 }
 
 TEST(Backward, AttentionCausalGqaPadded) {

@@ -223,6 +223,7 @@ kernels::AttentionArgs cross_args(const LlamaConfig& cfg, const CrossActivations
   args.key_mask = mask;
   args.mask_batch_stride = keys;  // one joint softmax over every chunk's keys, no positions, not causal
   args.lse = a.lse.f32();
+  args.probs = a.probs.defined() ? a.probs.f32() : nullptr;
   return args;
 }
 
@@ -243,6 +244,8 @@ void cross_attention_train(const LlamaConfig& cfg, const CrossAttentionWeights& 
   a.v = Tensor::empty(DType::F32, {batch * K, kvd});
   a.attn = Tensor::empty(DType::F32, {BT, qd});
   a.lse = Tensor::empty(DType::F32, {batch, cfg.num_attention_heads, len});
+  if (kernels::keep_attention_probs(batch, cfg.num_attention_heads, len, K))
+    a.probs = Tensor::empty(DType::F32, {batch, cfg.num_attention_heads, len, K});
   kernels::rmsnorm(h, w.norm.f32(), BT, d, static_cast<float>(cfg.rms_norm_eps), a.normed.f32(), a.rstd.f32());
   kernels::linear(a.normed.f32(), BT, d, w.q, a.q.f32());
   kernels::linear(phi.f32(), batch * K, de, w.k, a.k.f32());

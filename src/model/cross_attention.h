@@ -32,6 +32,7 @@ struct CrossActivations {
   Tensor q;             // [BT, H*hd]
   Tensor k, v;          // projected from Φ: [B*K, Hkv*hd]
   Tensor attn, lse;     // attention output [BT, H*hd], log-sum-exp [B, H, T]
+  Tensor probs;         // softmax weights [B, H, T, K] when small enough (else the backward recomputes them)
 };
 
 // Training forward of one layer's cross-attention: h [B*T, hidden] += CrossAttn(RMSNorm_ca(h), Φ), with Φ

@@ -136,10 +136,10 @@ size_t activation_bytes(const TrunkActivations& a) {
   size_t n = bytes_of(a.last) + bytes_of(a.last_rstd);
   for (const LayerActivations& l : a.layers) {
     for (const Tensor* t : {&l.input, &l.input_rstd, &l.input_normed, &l.q, &l.k, &l.v, &l.attn, &l.attn_lse,
-                            &l.after_attn, &l.before_mlp, &l.mlp_rstd, &l.mlp_normed, &l.gate, &l.up, &l.act})
+                            &l.attn_probs, &l.after_attn, &l.before_mlp, &l.mlp_rstd, &l.mlp_normed, &l.gate, &l.up, &l.act})
       n += bytes_of(*t);
     const CrossActivations& c = l.cross;
-    for (const Tensor* t : {&c.rstd, &c.normed, &c.q, &c.k, &c.v, &c.attn, &c.lse}) n += bytes_of(*t);
+    for (const Tensor* t : {&c.rstd, &c.normed, &c.q, &c.k, &c.v, &c.attn, &c.lse, &c.probs}) n += bytes_of(*t);
   }
   return n;
 }

@@ -33,6 +33,7 @@ kernels::AttentionArgs own_kv_args(const LlamaConfig& cfg, const TrunkCall& call
   a.key_mask = call.key_mask;
   a.mask_batch_stride = call.key_mask_stride > 0 ? call.key_mask_stride : call.len;
   a.lse = s.attn_lse.f32();
+  a.probs = s.attn_probs.defined() ? s.attn_probs.f32() : nullptr;
   return a;
 }
 
@@ -60,6 +61,7 @@ void self_attention(const LlamaConfig& cfg, const LayerWeights& lw, size_t layer
     s->v = std::move(v);
     s->attn = std::move(att);
     s->attn_lse = Tensor::empty(DType::F32, {B, Hq, T});
+    if (kernels::keep_attention_probs(B, Hq, T, T)) s->attn_probs = Tensor::empty(DType::F32, {B, Hq, T, T});
     kernels::attention(own_kv_args(cfg, call, *s));
     Tensor o = buf(BT, d);
     kernels::linear(s->attn.f32(), BT, qd, lw.self_attn.o, o.f32());

@@ -22,6 +22,7 @@ struct LayerActivations {
   Tensor input_rstd, input_normed;  // RMSNorm_in: 1/rms [BT], its output [BT, d]
   Tensor q, k, v;                   // projections, q/k after RoPE
   Tensor attn, attn_lse;            // attention output [BT, qd], log-sum-exp [B, H, T]
+  Tensor attn_probs;                // softmax weights [B, H, T, T] when small enough (else the backward recomputes)
   Tensor after_attn;                // h after the self-attention residual (the cross-attention's input)
   CrossActivations cross;           // cross-attention layers
   Tensor before_mlp;                // h before the MLP (after the cross-attention residual)

@@ -59,6 +59,11 @@ void fully_masked_row(const AttentionArgsT<T>& a, const T* v, const uint8_t* mas
 
 }  // namespace
 
+bool keep_attention_probs(int64_t batch, int64_t q_heads, int64_t q_len, int64_t kv_len) {
+  return static_cast<double>(batch) * static_cast<double>(q_heads) * static_cast<double>(q_len) *
+             static_cast<double>(kv_len) * 4.0 <= 32.0 * 1024 * 1024;
+}
+
 AttentionArgs heads_layout(int64_t q_heads, int64_t kv_heads, int64_t head_dim, const float* q, float* out,
                            int64_t batch, int64_t q_len, const float* k, const float* v, int64_t kv_len) {
   AttentionArgs a;
@@ -122,6 +127,10 @@ void attention(const AttentionArgsT<T>& a) {
         if (!ok && lse) lse[r] = std::numeric_limits<T>::quiet_NaN();
         any_fully_masked |= !ok;
       }
+      if (a.probs) {
+        T* kept = a.probs + ((b * a.q_heads + h) * a.q_len + t0) * a.kv_len;
+        for (int64_t r = 0; r < rows; ++r) std::copy(scores.data() + r * n, scores.data() + (r + 1) * n, kept + r * a.kv_len);
+      }
       if (one_row)
         gemv(true, n, a.head_dim, T(1), v, a.kv_stride, scores.data(), out);
       else
@@ -164,14 +173,22 @@ void attention_backward(const AttentionArgsT<T>& a, const T* dout, int64_t dout_
           const T* go = dout + (b * a.q_len + t0) * dout_stride + h * a.head_dim;
           T* gq = dq + (b * a.q_len + t0) * a.q_stride + h * a.head_dim;
           const T* lse = a.lse + (b * a.q_heads + h) * a.q_len + t0;
-          p.resize(static_cast<size_t>(rows * n));
           dp.resize(static_cast<size_t>(rows * n));
           rowdot.resize(static_cast<size_t>(rows));
-          // P = exp(scale·QKᵀ − lse) over the allowed keys; dP = dO·Vᵀ; D = rowsum(dO ∘ O).
-          gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, T(0), p.data(), n);
+          // P = exp(scale·QKᵀ − lse) over the allowed keys (or the forward's, kept); dP = dO·Vᵀ; D = rowsum(dO ∘ O).
+          T* P = nullptr;
+          int64_t ldp = n;
+          if (a.probs) {
+            P = a.probs + ((b * a.q_heads + h) * a.q_len + t0) * a.kv_len;
+            ldp = a.kv_len;
+          } else {
+            p.resize(static_cast<size_t>(rows * n));
+            P = p.data();
+            gemm(false, true, rows, n, a.head_dim, a.scale, q, a.q_stride, k, a.kv_stride, T(0), P, n);
+          }
           gemm(false, true, rows, n, a.head_dim, T(1), go, dout_stride, v, a.kv_stride, T(0), dp.data(), n);
           for (int64_t r = 0; r < rows; ++r) {
-            T* pr = p.data() + r * n;
+            T* pr = P + r * ldp;
             T* dr = dp.data() + r * n;
             const int64_t limit = std::min(n, key_limit(a, t0 + r));
             if (std::isnan(lse[r])) {
@@ -192,7 +209,9 @@ void attention_backward(const AttentionArgsT<T>& a, const T* dout, int64_t dout_
             for (int64_t i = 0; i < a.head_dim; ++i)
               dot += static_cast<double>(go[r * dout_stride + i]) * o[r * a.out_stride + i];
             const T D = static_cast<T>(dot);
-            if constexpr (std::is_same_v<T, float>) {  // one vectorised exp pass (fast_exp.h)
+            if (a.probs) {  // the forward's weights: 0 outside the allowed keys already
+              for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - D);  // dS (before the scale)
+            } else if constexpr (std::is_same_v<T, float>) {  // one vectorised exp pass (fast_exp.h)
               const float neg_inf = -std::numeric_limits<float>::infinity();
               if (mask)
                 for (int64_t j = 0; j < limit; ++j)
@@ -210,7 +229,7 @@ void attention_backward(const AttentionArgsT<T>& a, const T* dout, int64_t dout_
             }
           }
           // dV += Pᵀ·dO; dQ += scale·dS·K; dK += scale·dSᵀ·Q.
-          gemm(true, false, n, a.head_dim, rows, T(1), p.data(), n, go, dout_stride, T(1), dvb, a.kv_stride);
+          gemm(true, false, n, a.head_dim, rows, T(1), P, ldp, go, dout_stride, T(1), dvb, a.kv_stride);
           gemm(false, false, rows, a.head_dim, n, a.scale, dp.data(), n, k, a.kv_stride, T(1), gq, a.q_stride);
           gemm(true, false, n, a.head_dim, rows, a.scale, dp.data(), n, q, a.q_stride, T(1), dkb, a.kv_stride);
         }

@@ -1,6 +1,7 @@
 #pragma once
 // Scaled dot-product attention over strided Q/K/V rows, with GQA, a causal option and a key padding mask;
-// forward and backward side by side (the backward recomputes the scores from Q, K and the saved log-sum-exp).
+// forward and backward side by side (the backward recomputes the scores from Q, K and the saved log-sum-exp, or
+// reads the weights the forward kept).
 #include <cstdint>
 
 namespace cepe::kernels {
@@ -26,7 +27,14 @@ struct AttentionArgsT {
   // Optional output [batch, q_heads, q_len]: each row's log-sum-exp of the scaled scores, which is all the
   // backward needs besides Q, K, V and the output (NaN for a row with no allowed key).
   T* lse = nullptr;
+  // Optional output [batch, q_heads, q_len, kv_len] (with lse): the softmax weights of the forward, which the
+  // backward then reads instead of recomputing scale·QKᵀ and its exp (one product of seven fewer). 4·B·H·T·N
+  // bytes: worth it at training lengths, not at long ones (keep_attention_probs says when).
+  T* probs = nullptr;
 };
+
+// Whether a training forward should keep the softmax weights of an attention of this shape (<= 32 MiB).
+bool keep_attention_probs(int64_t batch, int64_t q_heads, int64_t q_len, int64_t kv_len);
 using AttentionArgs = AttentionArgsT<float>;
 
 // The layout of one call over a model's heads: queries/outputs [batch·q_len, Hq·hd], keys/values
