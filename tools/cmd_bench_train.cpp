@@ -173,6 +173,7 @@ int report(const Args& args) {
     plot::Chart ch;
     ch.title = model == "decoder" ? "decoder step (6 x 256, 8 x 256 tokens)" : "CEPE-stage step (+ 8 x 64 context)";
     ch.x.label = "round";
+    ch.x.integer = true;
     ch.y.label = "tokens/s";
     ch.y.min = 0.0;
     ch.series.push_back({"cepe.cpp", xs, os, true});

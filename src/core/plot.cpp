@@ -289,7 +289,7 @@ AxisLayout layout_axis(const Axis& axis, double data_lo, double data_hi, int tar
   } else {
     // Linear, or a log axis spanning less than one power: round values (placed on the log scale).
     const double vlo = log ? std::pow(base_of(axis.scale), lo) : lo, vhi = log ? std::pow(base_of(axis.scale), hi) : hi;
-    const double step = nice_step(vhi - vlo, target_ticks);
+    const double step = !log && axis.integer ? std::max(1.0, nice_step(vhi - vlo, target_ticks)) : nice_step(vhi - vlo, target_ticks);
     if (!log) {
       if (!std::isfinite(fixed_lo)) lo = std::floor(lo / step + 1e-9) * step;
       if (!std::isfinite(fixed_hi)) hi = std::ceil(hi / step - 1e-9) * step;

@@ -17,6 +17,7 @@ struct Axis {
   std::string label{};
   Scale scale = Scale::Linear;
   std::optional<double> min{}, max{};  // unset: from the data (linear: out to the next tick; log: whole powers)
+  bool integer = false;                // linear: ticks at whole numbers only (rounds, steps, counts)
 };
 
 // Points whose x or y is not finite (or not > 0 on a log axis) are left out, and the line breaks there.
