@@ -169,8 +169,7 @@ Tensor trunk_forward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkC
     rope_len = std::max(rope_len, call.cache->rope_seen);
     call.cache->rope_seen = rope_len;
   }
-  kernels::Rope rope = kernels::Rope::make(cfg, rope_len);
-  rope.tabulate(call.positions, call.batch * call.len);  // once for every layer
+  const kernels::Rope rope = kernels::Rope::make(cfg, rope_len);
   if (call.saved) call.saved->layers.assign(w.layers.size(), LayerActivations());
 
   Tensor h = buf(BT, d);
@@ -227,8 +226,7 @@ void trunk_backward(const LlamaConfig& cfg, const TrunkWeights& w, const TrunkCa
   if (const Tensor* e = entry(L)) kernels::add_inplace(d_out.f32(), e->f32(), BT * d);
   kernels::rmsnorm_backward(d_out.f32(), sv.last.f32(), w.norm.f32(), sv.last_rstd.f32(), BT, d, dh.f32(), false,
                             grad_of(g.norm));
-  kernels::Rope rope = kernels::Rope::make(cfg, T);
-  rope.tabulate(call.positions, call.batch * call.len);
+  const kernels::Rope rope = kernels::Rope::make(cfg, T);
   for (int64_t i = L - 1; i >= lowest; --i) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(i)];
     LayerWeights& lg = g.layers[static_cast<size_t>(i)];

@@ -29,64 +29,22 @@ Rope Rope::make(const LlamaConfig& cfg, int64_t seq_len) {
   return r;
 }
 
-namespace {
-
-inline float rope_angle_position(const int64_t* pos, int64_t r, const Rope& rope) {
-  float t = static_cast<float>(pos[r]);
-  if (rope.position_divisor != 1.0f) t = t / rope.position_divisor;
-  return t;
-}
-
-}  // namespace
-
-void Rope::tabulate(const int64_t* pos, int64_t rows) {
-  const int64_t half = static_cast<int64_t>(inv_freq.size());
-  table_pos = nullptr;
-  table_rows = 0;
-  table_cos.clear();
-  table_sin.clear();
-  if (pos == nullptr || rows <= 0 || rows * half > (int64_t{1} << 22)) return;
-  table_cos.resize(static_cast<size_t>(rows * half));
-  table_sin.resize(static_cast<size_t>(rows * half));
-#pragma omp parallel for schedule(static) if (rows * half > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float t = rope_angle_position(pos, r, *this);
-    for (int64_t i = 0; i < half; ++i) {
-      const float ang = t * inv_freq[static_cast<size_t>(i)];
-      table_cos[static_cast<size_t>(r * half + i)] = std::cos(ang);
-      table_sin[static_cast<size_t>(r * half + i)] = std::sin(ang);
-    }
-  }
-  table_pos = pos;
-  table_rows = rows;
-}
-
 template <class T>
 void apply_rope(T* x, int64_t rows, int64_t heads, int64_t d, int64_t row_stride, const int64_t* pos, const Rope& rope,
                 bool inverse) {
   const int64_t half = d / 2;
-  const bool tabled = rope.table_pos == pos && rope.table_rows == rows && pos != nullptr &&
-                      static_cast<int64_t>(rope.inv_freq.size()) == half;
 #pragma omp parallel if (rows * heads * d > 65536)
   {
     std::vector<T> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      if (tabled) {  // the same f32 values, computed once for the call
-        const float* tc = rope.table_cos.data() + r * half;
-        const float* ts = rope.table_sin.data() + r * half;
-        for (int64_t i = 0; i < half; ++i) {
-          c[static_cast<size_t>(i)] = tc[i];
-          s[static_cast<size_t>(i)] = inverse ? -ts[i] : ts[i];
-        }
-      } else {
-        const float t = rope_angle_position(pos, r, rope);
-        for (int64_t i = 0; i < half; ++i) {
-          const float ang = t * rope.inv_freq[static_cast<size_t>(i)];
-          c[static_cast<size_t>(i)] = std::cos(ang);
-          // The tables are f32, as the reference's; the f64 build only widens them.
-          s[static_cast<size_t>(i)] = inverse ? -std::sin(ang) : std::sin(ang);
-        }
+      float t = static_cast<float>(pos[r]);
+      if (rope.position_divisor != 1.0f) t = t / rope.position_divisor;
+      for (int64_t i = 0; i < half; ++i) {
+        const float ang = t * rope.inv_freq[static_cast<size_t>(i)];
+        c[static_cast<size_t>(i)] = std::cos(ang);
+        // The tables are f32, as the reference's; the f64 build only widens them.
+        s[static_cast<size_t>(i)] = inverse ? -std::sin(ang) : std::sin(ang);
       }
       for (int64_t h = 0; h < heads; ++h) {
         T* v = x + r * row_stride + h * d;

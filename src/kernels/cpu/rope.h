@@ -13,15 +13,8 @@ namespace cepe::kernels {
 struct Rope {
   std::vector<float> inv_freq;  // [d/2]
   float position_divisor = 1.0f;
-  // Optional cos/sin [rows, d/2] of one call's positions (`table_pos`), shared by its layers and its backward;
-  // apply_rope reads them for exactly those positions and computes the same values itself otherwise.
-  const int64_t* table_pos = nullptr;
-  int64_t table_rows = 0;
-  std::vector<float> table_cos, table_sin;
 
   static Rope make(const LlamaConfig& cfg, int64_t seq_len);
-  // Fills the table for pos[0, rows) when it stays small (<= 4M entries); otherwise leaves none.
-  void tabulate(const int64_t* pos, int64_t rows);
 };
 
 // x: [rows, heads, d] with row stride `row_stride` elements; pos: [rows]. Rotates in place. The rotation is
