@@ -11,17 +11,27 @@ namespace cepe::kernels {
 
 namespace {
 
-// f32: σ of a chunk at a time through the vectorised sigmoid (fast_exp.h), then plain loops the compiler
-// vectorises. f(i0, len, sig) handles elements [i0, i0 + len) given sig[0, len) = σ(x[i0 + ...]).
+// σ(x) for a chunk: the vectorised sigmoid for f32 (fast_exp.h), the plain formula for the f64 test builds.
+template <class T>
+void sigmoid_of(const T* x, int64_t n, T* sig) {
+  if constexpr (std::is_same_v<T, float>) {
+    sigmoid(x, n, sig);
+  } else {
+    for (int64_t i = 0; i < n; ++i) sig[i] = T(1) / (T(1) + std::exp(-x[i]));
+  }
+}
+
+// Runs f(i0, len, sig) over chunks [i0, i0 + len) of x, with sig[0, len) = σ(x[i0 + ...]): each activation
+// below is one loop over a chunk that the compiler vectorises.
 constexpr int64_t kChunk = 1024;
-template <class F>
-void by_sigmoid_chunks(const float* x, int64_t n, F f) {
+template <class T, class F>
+void by_sigmoid_chunks(const T* x, int64_t n, F f) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t c = 0; c < chunks; ++c) {
-    float sig[kChunk];
+    T sig[kChunk];
     const int64_t i0 = c * kChunk, len = std::min(kChunk, n - i0);
-    sigmoid(x + i0, len, sig);
+    sigmoid_of(x + i0, len, sig);
     f(i0, len, sig);
   }
 }
@@ -32,64 +42,34 @@ void swiglu(float* gate, const float* up, int64_t n) { swiglu<float>(gate, up, n
 
 template <class T>
 void swiglu(const T* gate, const T* up, int64_t n, T* out) {
-  if constexpr (std::is_same_v<T, float>) {
-    by_sigmoid_chunks(gate, n, [&](int64_t i0, int64_t len, const float* sig) {
-      for (int64_t i = 0; i < len; ++i) out[i0 + i] = gate[i0 + i] * sig[i] * up[i0 + i];
-    });
-    return;
-  }
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = gate[i];
-    out[i] = g / (T(1) + std::exp(-g)) * up[i];
-  }
+  by_sigmoid_chunks(gate, n, [&](int64_t i0, int64_t len, const T* sig) {
+    for (int64_t i = 0; i < len; ++i) out[i0 + i] = gate[i0 + i] * sig[i] * up[i0 + i];
+  });
 }
 
 template <class T>
 void swiglu_backward(const T* dout, const T* gate, const T* up, int64_t n, T* dgate, T* dup) {
-  if constexpr (std::is_same_v<T, float>) {
-    by_sigmoid_chunks(gate, n, [&](int64_t i0, int64_t len, const float* sig) {
-      for (int64_t i = 0; i < len; ++i) {
-        const float g = gate[i0 + i], sg = sig[i], d = dout[i0 + i];
-        dup[i0 + i] = d * (g * sg);
-        dgate[i0 + i] = d * up[i0 + i] * sg * (1.0f + g * (1.0f - sg));
-      }
-    });
-    return;
-  }
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = gate[i], sig = T(1) / (T(1) + std::exp(-g)), s = g * sig;
-    dup[i] = dout[i] * s;
-    dgate[i] = dout[i] * up[i] * sig * (T(1) + g * (T(1) - sig));
-  }
+  by_sigmoid_chunks(gate, n, [&](int64_t i0, int64_t len, const T* sig) {
+    for (int64_t i = 0; i < len; ++i) {
+      const T g = gate[i0 + i], sg = sig[i], d = dout[i0 + i];
+      dup[i0 + i] = d * (g * sg);
+      dgate[i0 + i] = d * up[i0 + i] * sg * (T(1) + g * (T(1) - sg));
+    }
+  });
 }
 
 template <class T>
 void silu(const T* x, int64_t n, T* out) {
-  if constexpr (std::is_same_v<T, float>) {
-    by_sigmoid_chunks(x, n, [&](int64_t i0, int64_t len, const float* sig) {
-      for (int64_t i = 0; i < len; ++i) out[i0 + i] = x[i0 + i] * sig[i];
-    });
-    return;
-  }
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) out[i] = x[i] / (T(1) + std::exp(-x[i]));
+  by_sigmoid_chunks(x, n, [&](int64_t i0, int64_t len, const T* sig) {
+    for (int64_t i = 0; i < len; ++i) out[i0 + i] = x[i0 + i] * sig[i];
+  });
 }
 
 template <class T>
 void silu_backward(const T* dout, const T* x, int64_t n, T* dx) {
-  if constexpr (std::is_same_v<T, float>) {
-    by_sigmoid_chunks(x, n, [&](int64_t i0, int64_t len, const float* sig) {
-      for (int64_t i = 0; i < len; ++i) dx[i0 + i] = dout[i0 + i] * sig[i] * (1.0f + x[i0 + i] * (1.0f - sig[i]));
-    });
-    return;
-  }
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const T sig = T(1) / (T(1) + std::exp(-x[i]));
-    dx[i] = dout[i] * sig * (T(1) + x[i] * (T(1) - sig));
-  }
+  by_sigmoid_chunks(x, n, [&](int64_t i0, int64_t len, const T* sig) {
+    for (int64_t i = 0; i < len; ++i) dx[i0 + i] = dout[i0 + i] * sig[i] * (T(1) + x[i0 + i] * (T(1) - sig[i]));
+  });
 }
 
 template <class T>

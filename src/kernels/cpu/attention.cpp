@@ -3,10 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
-#include "kernels/cpu/fast_exp.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/softmax.h"
 
@@ -209,24 +207,15 @@ void attention_backward(const AttentionArgsT<T>& a, const T* dout, int64_t dout_
             for (int64_t i = 0; i < a.head_dim; ++i)
               dot += static_cast<double>(go[r * dout_stride + i]) * o[r * a.out_stride + i];
             const T D = static_cast<T>(dot);
-            if (a.probs) {  // the forward's weights: 0 outside the allowed keys already
-              for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - D);  // dS (before the scale)
-            } else if constexpr (std::is_same_v<T, float>) {  // one vectorised exp pass (fast_exp.h)
-              const float neg_inf = -std::numeric_limits<float>::infinity();
+            if (!a.probs) {  // recompute the weights: exp(score - lse) over the allowed keys, 0 elsewhere
+              const T neg_inf = -std::numeric_limits<T>::infinity();
               if (mask)
                 for (int64_t j = 0; j < limit; ++j)
                   if (!mask[j]) pr[j] = neg_inf;
               std::fill(pr + limit, pr + n, neg_inf);
-              exp_shift(pr, n, lse[r]);
-              for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - D);  // dS (before the scale)
-            } else {
-              for (int64_t j = 0; j < n; ++j) {
-                const bool allowed = j < limit && (!mask || mask[j]);
-                const T pj = allowed ? std::exp(pr[j] - lse[r]) : T(0);
-                pr[j] = pj;
-                dr[j] = pj * (dr[j] - D);  // dS (before the scale)
-              }
+              shifted_exp(pr, n, lse[r]);
             }
+            for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - D);  // dS (before the scale)
           }
           // dV += Pᵀ·dO; dQ += scale·dS·K; dK += scale·dSᵀ·Q.
           gemm(true, false, n, a.head_dim, rows, T(1), P, ldp, go, dout_stride, T(1), dvb, a.kv_stride);

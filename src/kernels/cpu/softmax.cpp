@@ -39,12 +39,32 @@ void log_softmax_rows(const float* x, int64_t rows, int64_t n, float* out) {
   }
 }
 
+template <class T>
+void shifted_exp(T* x, int64_t n, T shift) {
+  if constexpr (std::is_same_v<T, float>) {
+    exp_shift(x, n, shift);
+  } else {
+    for (int64_t j = 0; j < n; ++j) x[j] = std::exp(std::min(x[j] - shift, T(0)));
+  }
+}
+template void shifted_exp<float>(float*, int64_t, float);
+template void shifted_exp<double>(double*, int64_t, double);
+
 namespace {
 
-// f32 (the training and inference path): masked keys become -inf, then one vectorised exp pass and sum.
-bool masked_softmax_row_f32(float* s, int64_t limit, int64_t n, const uint8_t* mask, float* lse) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  float m = neg_inf;
+double sum_in_double(const float* x, int64_t n) { return sum_f64(x, n); }
+double sum_in_double(const double* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  return s;
+}
+
+}  // namespace
+
+template <class T>
+bool masked_softmax_row(T* s, int64_t limit, int64_t n, const uint8_t* mask, T* lse) {
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  T m = neg_inf;
   bool any = false;
   for (int64_t j = 0; j < limit; ++j) {
     if (mask && !mask[j]) {
@@ -55,46 +75,14 @@ bool masked_softmax_row_f32(float* s, int64_t limit, int64_t n, const uint8_t* m
     m = std::max(m, s[j]);
   }
   if (!any) {
-    std::fill(s, s + n, 0.0f);
-    return false;
-  }
-  exp_shift(s, limit, m);
-  const double sum = sum_f64(s, limit);
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t j = 0; j < limit; ++j) s[j] *= inv;
-  std::fill(s + limit, s + n, 0.0f);
-  if (lse) *lse = m + static_cast<float>(std::log(sum));
-  return true;
-}
-
-}  // namespace
-
-template <class T>
-bool masked_softmax_row(T* s, int64_t limit, int64_t n, const uint8_t* mask, T* lse) {
-  if constexpr (std::is_same_v<T, float>) return masked_softmax_row_f32(s, limit, n, mask, lse);
-  T m = -std::numeric_limits<T>::infinity();
-  bool any = false;
-  for (int64_t j = 0; j < limit; ++j) {
-    if (mask && !mask[j]) continue;
-    any = true;
-    m = std::max(m, s[j]);
-  }
-  if (!any) {
     std::fill(s, s + n, T(0));
     return false;
   }
-  double sum = 0.0;
-  for (int64_t j = 0; j < limit; ++j) {
-    if (mask && !mask[j]) {
-      s[j] = T(0);
-      continue;
-    }
-    s[j] = std::exp(s[j] - m);
-    sum += s[j];
-  }
+  shifted_exp(s, limit, m);
+  const double sum = sum_in_double(s, limit);
   const T inv = static_cast<T>(1.0 / sum);
   for (int64_t j = 0; j < limit; ++j) s[j] *= inv;
-  for (int64_t j = limit; j < n; ++j) s[j] = T(0);
+  std::fill(s + limit, s + n, T(0));
   if (lse) *lse = m + static_cast<T>(std::log(sum));
   return true;
 }

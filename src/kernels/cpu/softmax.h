@@ -8,6 +8,11 @@ void softmax_rows(float* x, int64_t rows, int64_t n);
 // out[r, :] = log_softmax(x[r, :]) (may alias).
 void log_softmax_rows(const float* x, int64_t rows, int64_t n, float* out);
 
+// x[j] = exp(min(x[j] - shift, 0)) for j < n, with exp(-inf) = 0 (a key masked by writing -inf): fast_exp.h's
+// vectorised pass for f32, libm for the f64 test builds.
+template <class T>
+void shifted_exp(T* x, int64_t n, T shift);
+
 // One row of raw scores s[0, n) turned into softmax weights over the allowed keys: those before `limit` whose
 // mask byte is set (mask null: all). Weights of the other keys are 0. Returns false, with all weights 0,
 // when no key is allowed; otherwise true, with the row's log-sum-exp (max + log Σ exp) in *lse when given.
