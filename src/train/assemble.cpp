@@ -40,6 +40,16 @@ void copy_slice(const Tensor& src, const Tensor& dst, const std::string& what) {
   for (int64_t r = 0; r < rows; ++r) std::memcpy(dst.f32() + r * cols, src.f32() + r * src_cols, static_cast<size_t>(cols) * 4);
 }
 
+// Every tensor of a loaded model by checkpoint name, tied and stored copies under each of their names.
+std::map<std::string, Tensor> tensors_by_name(const CepeModel& m) {
+  std::map<std::string, Tensor> out;
+  for (const TensorEntry& e : model_tensors(m.config(), &model_impl(m).weights)) {
+    out[e.name] = *e.slot;
+    for (const std::string& a : e.aliases) out.emplace(a, *e.slot);
+  }
+  return out;
+}
+
 }  // namespace
 
 void init_cross_attention(CepeModel& model, CrossInit mode, uint64_t seed) {
@@ -104,8 +114,7 @@ std::shared_ptr<CepeModel> assemble_cepe(const CepeAssembly& a) {
   // Every tensor gets the generic init first (new modules keep it), then the checkpoints' tensors overwrite.
   auto model = CepeModel::create_random(c, a.seed, a.initializer_range);
   ModelImpl& im = model_impl(*model);
-  std::map<std::string, Tensor> from;
-  for (const TensorEntry& e : model_tensors(dc, &model_impl(*dec).weights)) from[e.name] = *e.slot;
+  std::map<std::string, Tensor> from = tensors_by_name(*dec);
   if (enc) {
     check(!enc->config().do_cross_attention, a.encoder + ": the encoder checkpoint must not have cross-attention");
     // Its trunk `model.*` becomes `encoder.*`; the MLM head (lm_dense, lm_layer_norm, lm_bias) is dropped.
@@ -128,9 +137,8 @@ std::shared_ptr<CepeModel> assemble_cepe(const CepeAssembly& a) {
 }
 
 int64_t init_from_checkpoint(CepeModel& model, const std::string& dir) {
-  auto src = CepeModel::load(dir, LoadOptions{.owned_f32 = true});
-  std::map<std::string, Tensor> from;
-  for (const TensorEntry& e : model_tensors(src->config(), &model_impl(*src).weights)) from[e.name] = *e.slot;
+  const auto src = CepeModel::load(dir, LoadOptions{.owned_f32 = true});
+  const std::map<std::string, Tensor> from = tensors_by_name(*src);
   ModelImpl& im = model_impl(model);
   int64_t copied = 0;
   for (const TensorEntry& e : model_tensors(model.config(), &im.weights)) {
