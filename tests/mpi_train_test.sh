@@ -35,3 +35,8 @@ paste <(losses "$work/one") <(losses "$work/two") | awk '
   END { if (n != 11) { print "mpi_train_test: expected 11 losses (8 steps, 3 evals), got " n; exit 1 }
         if (worst > 1e-5) { print "mpi_train_test: FAILED: worst relative difference " worst; exit 1 }
         print "mpi_train_test: 2 ranks x batch 4 = 1 process x batch 8, worst relative difference " worst }'
+# Every step of the 2-rank run logs its all-reduce time; the single process (nothing to reduce) logs none.
+reduced=$(grep -c '"allreduce_s":' "$work/two/log.jsonl" || true)
+[ "$reduced" = 8 ] || { echo "mpi_train_test: FAILED: $reduced of 8 steps of the 2-rank run log allreduce_s"; exit 1; }
+! grep -q '"allreduce_s":' "$work/one/log.jsonl" || { echo "mpi_train_test: FAILED: the 1-process run logs allreduce_s"; exit 1; }
+echo "mpi_train_test: allreduce_s logged on each of the 8 steps of the 2-rank run"

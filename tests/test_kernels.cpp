@@ -303,6 +303,24 @@ TEST(KernelGemm, GemmZeroK) {
   EXPECT_EQ(D, (std::vector<float>{0, 0, 7}));
 }
 
+// β = 0 on a dense C large enough that gemm clears it over the thread team itself (then accumulates): NaN in the
+// old C is never read, and the product equals the one computed with a zeroed C and β = 1, bit for bit.
+TEST(KernelGemm, BetaZeroClearsALargeDenseOutput) {
+  std::mt19937 rng(31);
+  const int64_t M = 300, N = 257, K = 19;
+  const std::vector<float> A = random_vec(rng, M * K), B = random_vec(rng, K * N);
+  std::vector<float> C(idx(M * N), kNaN), Z(idx(M * N), 0.0f);
+  kernels::gemm(false, false, M, N, K, 1.5f, A.data(), K, B.data(), N, 0.0f, C.data(), N);
+  kernels::gemm(false, false, M, N, K, 1.5f, A.data(), K, B.data(), N, 1.0f, Z.data(), N);
+  EXPECT_EQ(C, Z);
+  for (int64_t i = 0; i < M; i += 37)
+    for (int64_t j = 0; j < N; j += 41) {
+      double want = 0;
+      for (int64_t k = 0; k < K; ++k) want += static_cast<double>(A[idx(i * K + k)]) * B[idx(k * N + j)];
+      EXPECT_NEAR(C[idx(i * N + j)], 1.5 * want, 1e-4) << i << "," << j;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // rmsnorm
 // ---------------------------------------------------------------------------------------------------
