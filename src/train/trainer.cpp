@@ -749,8 +749,8 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
       sums[0] += v.ce_sum;
       sums[1] += v.kl_sum;
     }
-    // The gradient all-reduce runs after the backward (not overlapped with it): at the sizes measured here it
-    // is ~1-2% of a step (docs/training.md, "Data parallelism"); its time is logged as allreduce_s.
+    // The gradient all-reduce runs after the backward (not overlapped with it): 2 ranks on loopback spend ~3%
+    // of a step in it (docs/training.md, "Data parallelism"); its time is logged as allreduce_s.
     const auto reduce_t0 = std::chrono::steady_clock::now();
     if (reducer) reducer->reduce_all();
     comm->allreduce_sum(sums, 2);
