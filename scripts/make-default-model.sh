@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Makes the default model, models/cepe-tiny, from scratch with cepe's own trainer (models/cepe-tiny/README.md):
+#
+#   corpus     scripts/fetch-corpus.sh: five domains of Debian package text, train / held-out by whole documents
+#   tokenizer  a 4096-piece BPE (Debian's spm_train; LLaMA's options, plus a [MASK] control piece)
+#   tokens     cepe data tokenize: train.tokens, held.tokens (held-out documents: evaluation only, never trained on)
+#   decoder    a 6-layer LLaMA decoder pretrained on a 256-token window
+#   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
+#   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained)
+#   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
+#   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data, decoder frozen
+#   export     the final checkpoint in BF16 with its tokenizer and model card data -> OUT (default models/cepe-tiny)
+#
+#   scripts/make-default-model.sh [STAGE...]      (default: all, in order)
+#
+# Environment: CEPE (binary, default build/bin/cepe), WORK (default build/cepe-tiny), OUT (default models/cepe-tiny),
+# THREADS (default: all cores), CORPUS (default build/corpus). Resumable at every stage: a stage whose result exists
+# is skipped, a training stage with a checkpoint continues from it exactly (--resume), so rerun after a kill.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CEPE=${CEPE:-$ROOT/build/bin/cepe}
+WORK=${WORK:-$ROOT/build/cepe-tiny}
+OUT=${OUT:-$ROOT/models/cepe-tiny}
+CORPUS=${CORPUS:-$ROOT/build/corpus}
+THREADS=${THREADS:-$(nproc)}
+CFG=$ROOT/configs/cepe-tiny
+[ -x "$CEPE" ] || { echo "error: $CEPE not found (build first: cmake -S . -B build -G Ninja && cmake --build build)" >&2; exit 1; }
+mkdir -p "$WORK"
+cd "$WORK"
+log() { echo "[$(date -u +%H:%M:%S)] make-default-model: $*"; }
+json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval("d" + sys.argv[2]))' "$@"; }
+
+corpus() { bash "$ROOT/scripts/fetch-corpus.sh" "$CORPUS"; }
+
+tokenizer() {
+  if [ -f tokenizer.model ]; then log "tokenizer: kept"; return; fi
+  command -v spm_train > /dev/null || { echo "error: spm_train not found (apt-get install sentencepiece)" >&2; exit 1; }
+  mkdir -p spm
+  # Every training document, in sorted order; spm_train samples 2M of its lines with a fixed seed.
+  find "$CORPUS/train" -type f | LC_ALL=C sort | xargs cat > spm/train.txt
+  spm_train --input=spm/train.txt --model_prefix=spm/tiny4k --vocab_size=4096 --model_type=bpe --byte_fallback=true \
+    --split_digits=true --character_coverage=0.9995 --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true \
+    --control_symbols='[MASK]' --max_sentence_length=100000 --num_threads="$THREADS" --input_sentence_size=2000000 \
+    --shuffle_input_sentence=true --seed_sentencepiece_size=1000000 --random_seed=1 > spm/train.log 2>&1 \
+    || { tail -5 spm/train.log >&2; echo "error: spm_train failed (spm/train.log)" >&2; exit 1; }
+  rm spm/train.txt
+  mv spm/tiny4k.model tokenizer.model
+  log "tokenizer: $("$CEPE" tokenize -m tokenizer.model --pieces "[MASK] The pass key is 12345." 2>&1 | tr '\n' ' ')"
+}
+
+tokens() {
+  mkdir -p data
+  [ -f data/train.tokens ] || "$CEPE" data tokenize -m tokenizer.model -o data/train.tokens -t "$THREADS" "$CORPUS/train"
+  [ -f data/held.tokens ] || "$CEPE" data tokenize -m tokenizer.model -o data/held.tokens -t "$THREADS" "$CORPUS/held"
+  for d in "$CORPUS"/held/*/; do
+    [ -f "data/held-$(basename "$d").tokens" ] || "$CEPE" data tokenize -m tokenizer.model -o "data/held-$(basename "$d").tokens" --quiet "$d"
+  done
+}
+
+stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, resumed if it has a checkpoint
+  local name=$1 cfg="$CFG/$1.json" out steps
+  out=$(json "$cfg" '["output_dir"]'); steps=$(json "$cfg" '["steps"]')
+  if [ -f "$out/checkpoint-$steps/trainer_state.json" ]; then log "$name: done ($out/checkpoint-$steps)"; return; fi
+  local resume=()
+  if compgen -G "$out/checkpoint-*/trainer_state.json" > /dev/null; then resume=(--resume); fi
+  mkdir -p plots
+  log "$name: training ($steps steps${resume:+, resumed})"
+  "$CEPE" train --config "$cfg" -t "$THREADS" --plot "plots/$name.png" "${resume[@]}"
+}
+
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder)
+for s in "${steps[@]}"; do
+  case $s in
+    corpus) corpus ;;
+    tokenizer) tokenizer ;;
+    tokens) tokens ;;
+    decoder | mlm | warmup | cepe) stage "$s" ;;
+    *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe export)" >&2; exit 1 ;;
+  esac
+done
