@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fails if a lower layer includes a higher one (core -> kernels -> model -> runtime -> train -> tools).
+# Fails if a lower layer includes a higher one (core -> kernels -> model -> runtime -> train, eval -> tools;
+# train and eval are siblings and include neither the other).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -12,9 +13,11 @@ forbid() {  # forbid DIR PATTERN...
     fi
   done
 }
-forbid src/core 'kernels/' 'model/' 'runtime/' 'train/' 'cepe/(model|generate|tokenizer|config)\.h'
-forbid src/kernels 'model/' 'runtime/' 'train/' 'cepe/(model|generate|tokenizer)\.h'
-forbid src/model 'runtime/' 'train/' 'cepe/(generate|tokenizer)\.h'
-forbid src/runtime 'train/'
-forbid include/cepe 'core/' 'kernels/' 'model/' 'runtime/' 'train/'
+forbid src/core 'kernels/' 'model/' 'runtime/' 'train/' 'eval/' 'cepe/(model|generate|tokenizer|config)\.h'
+forbid src/kernels 'model/' 'runtime/' 'train/' 'eval/' 'cepe/(model|generate|tokenizer)\.h'
+forbid src/model 'runtime/' 'train/' 'eval/' 'cepe/(generate|tokenizer)\.h'
+forbid src/runtime 'train/' 'eval/'
+forbid src/train 'eval/'
+forbid src/eval 'train/'
+forbid include/cepe 'core/' 'kernels/' 'model/' 'runtime/' 'train/' 'eval/'
 exit $status

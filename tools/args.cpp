@@ -102,4 +102,11 @@ size_t Args::bytes(const std::string& name, size_t def) const {
   }
 }
 
+DType parse_dtype(const std::string& s) {
+  if (s == "f32" || s == "F32" || s == "float32") return DType::F32;
+  if (s == "bf16" || s == "BF16" || s == "bfloat16") return DType::BF16;
+  if (s == "f16" || s == "F16" || s == "float16") return DType::F16;
+  throw Error("--dtype: unknown dtype '" + s + "' (supported: f32, bf16, f16)");
+}
+
 }  // namespace cepe::cli

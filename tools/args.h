@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "cepe/tensor.h"
+
 namespace cepe::cli {
 
 class Args {
@@ -32,5 +34,8 @@ class Args {
   std::map<std::string, std::vector<std::string>> values_;
   std::vector<std::string> positional_;
 };
+
+// --dtype values: f32 | bf16 | f16 (also F32, float32, ...); anything else is an error naming the option.
+DType parse_dtype(const std::string& s);
 
 }  // namespace cepe::cli

@@ -16,6 +16,7 @@
 #include "cepe/error.h"
 #include "commands.h"
 #include "core/progress.h"
+#include "eval/retrieval.h"
 #include "kernels/cpu/gemm.h"
 #include "train/samplers.h"
 #include "train/teacher.h"
@@ -33,6 +34,7 @@ const char* kDataHelp =
     "  info FILE [-m TOKENIZER]                       header and statistics of a token file\n"
     "  sample FILE... --layout L --seq-len T [...]    print samples of a training layout as JSON\n"
     "  teacher --config TRAIN.json -m TEACHER -o OUT --samples N   CEPED teacher top-k targets\n"
+    "  synth -m TOKENIZER --filler F.tokens --facts F.tsv -o OUT.tokens -n N   retrieval training documents\n"
     "\n"
     "Run `cepe data <subcommand> --help` for its options.\n";
 
@@ -239,6 +241,68 @@ int data_teacher(int argc, char** argv) {
   return 0;
 }
 
+const char* kSynthHelp =
+    "usage: cepe data synth -m TOKENIZER --filler FILE.tokens [--facts FILE.tsv] -o OUT.tokens -n N [options]\n"
+    "\n"
+    "Synthetic retrieval documents for the CEPE stage (src/eval/retrieval.h), each exactly --context-tokens +\n"
+    "--decoder-tokens long: filler text (a random window of FILE.tokens) with a pass key and key-value facts\n"
+    "inserted at random depths of the context part, then a decoder part that asks for them. Read with the\n"
+    "`filtered` layout (prev_len = context tokens), every document gives one sample.\n"
+    "\n"
+    "  -m, --model PATH          the tokenizer (file or model directory); FILE.tokens must be its\n"
+    "      --filler FILE         token file the filler text comes from (training text only)\n"
+    "      --facts FILE          \"relation<TAB>key<TAB>value\" lines (scripts/fetch-corpus.sh: facts/train.tsv)\n"
+    "  -o, --output FILE         the token file (written atomically)\n"
+    "  -n, --documents N         how many documents\n"
+    "      --context-tokens E    encoder tokens per document (default 2048)\n"
+    "      --decoder-tokens T    decoder tokens per document (default 256)\n"
+    "      --p-passkey P         share of documents with a pass key (default 0.7)\n"
+    "      --max-facts K         facts per document, 1..K (default 6; 0: none)\n"
+    "      --seed S              document i depends only on (S, i) (default 0)\n";
+
+int data_synth(int argc, char** argv) {
+  Args args(argc, argv,
+            {{"--model", "-m"}, {"--filler"}, {"--facts"}, {"--output", "-o"}, {"--documents", "-n"},
+             {"--context-tokens"}, {"--decoder-tokens"}, {"--p-passkey"}, {"--max-facts"}, {"--seed"}},
+            {{"--help", "-h"}});
+  if (args.has("--help")) {
+    std::fputs(kSynthHelp, stdout);
+    return 0;
+  }
+  if (!args.positional().empty()) throw Error("unexpected argument '" + args.positional()[0] + "'");
+  const std::string tok_path = resolve_tokenizer_path(args.required("--model"));
+  const Tokenizer tok = Tokenizer::load(tok_path);
+  const TokenizerIdentity identity = identify_tokenizer(tok_path, tok);
+  const TokenFile filler = TokenFile::open(args.required("--filler"));
+  check_tokenizer(filler, identity, tok_path);
+  const std::vector<eval::Fact> facts = args.has("--facts") ? eval::load_facts(args.str("--facts")) : std::vector<eval::Fact>{};
+  eval::SynthOptions o;
+  o.context_len = args.integer("--context-tokens", 2048, 16, 1 << 24);
+  o.decoder_len = args.integer("--decoder-tokens", 256, 32, 1 << 20);
+  o.p_passkey = args.number("--p-passkey", 0.7, 0, 1);
+  o.max_facts = static_cast<int>(args.integer("--max-facts", facts.empty() ? 0 : 6, 0, 64));
+  if (o.max_facts > 0 && facts.empty()) throw Error("--max-facts needs --facts");
+  const int64_t n = args.integer("--documents", 0, 1, int64_t{1} << 32);
+  if (!args.has("--documents")) throw Error("missing required option --documents (-n)");
+  const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, std::numeric_limits<long long>::max()));
+  const std::string out = args.required("--output");
+  TokenFileWriter w(out, identity, {filler.path()},
+                    {{"document_layout", "synth: " + std::to_string(o.context_len) + " context + " +
+                                             std::to_string(o.decoder_len) + " decoder tokens"},
+                     {"synth_seed", std::to_string(seed)}});
+  Progress bar("synth", n, "documents");
+  for (int64_t i = 0; i < n; ++i) {
+    eval::CaseRng rng(seed, static_cast<uint64_t>(i));
+    w.add_document(eval::make_synth_document(tok, filler.tokens(), facts, o, rng));
+    bar.update(i + 1);
+  }
+  bar.finish();
+  w.commit();
+  std::printf("wrote %lld retrieval documents of %lld + %lld tokens -> %s\n", static_cast<long long>(n),
+              static_cast<long long>(o.context_len), static_cast<long long>(o.decoder_len), out.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int cmd_data(int argc, char** argv) {
@@ -251,7 +315,8 @@ int cmd_data(int argc, char** argv) {
   if (sub == "info") return data_info(argc - 1, argv + 1);
   if (sub == "sample") return data_sample(argc - 1, argv + 1);
   if (sub == "teacher") return data_teacher(argc - 1, argv + 1);
-  throw Error("unknown data subcommand '" + sub + "' (tokenize, info, sample, teacher)");
+  if (sub == "synth") return data_synth(argc - 1, argv + 1);
+  throw Error("unknown data subcommand '" + sub + "' (tokenize, info, sample, teacher, synth)");
 }
 
 }  // namespace cepe::cli

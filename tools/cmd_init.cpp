@@ -58,13 +58,6 @@ std::string trunk_str(const LlamaConfig& t) {
   return buf;
 }
 
-DType parse_dtype(const std::string& s) {
-  if (s == "f32" || s == "F32" || s == "float32") return DType::F32;
-  if (s == "bf16" || s == "BF16" || s == "bfloat16") return DType::BF16;
-  if (s == "f16" || s == "F16" || s == "float16") return DType::F16;
-  throw Error("--dtype: unknown dtype '" + s + "' (supported: f32, bf16, f16)");
-}
-
 int list_presets() {
   std::printf("%-15s %-10s %-10s %15s %8s %10s %10s  %s\n", "preset", "decoder", "encoder", "parameters", "tensors", "f32",
               "bf16/f16", "description");

@@ -12,5 +12,9 @@ int cmd_bench_train(int argc, char** argv);  // `cepe bench train`
 int cmd_grad(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_data(int argc, char** argv);
+int cmd_export(int argc, char** argv);
+int cmd_perplexity(int argc, char** argv);
+int cmd_passkey(int argc, char** argv);
+int cmd_demo(int argc, char** argv);
 
 }  // namespace cepe::cli

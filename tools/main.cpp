@@ -27,6 +27,10 @@ void usage(std::FILE* out) {
       "  encode     encode long contexts once into a file for `generate --ctx`\n"
       "  bench      CEPE against full attention: throughput and memory by context length\n"
       "  data       training data: tokenize text into token files, inspect them and their samples\n"
+      "  export     write a checkpoint for release (e.g. BF16 weights, its training windows in config.json)\n"
+      "  perplexity long-document perplexity by context length: CEPE, vanilla, StreamingLLM, RePlug\n"
+      "  passkey    pass-key retrieval accuracy by context length and needle depth\n"
+      "  demo       the default model: perplexity, retrieval, memory and speed against full attention\n"
       "\n"
       "Run `cepe <command> --help` for the options of a command.\n",
       out);
@@ -67,6 +71,10 @@ int main(int argc, char** argv) {
     if (cmd == "encode") return cepe::cli::cmd_encode(argc - 2, argv + 2);
     if (cmd == "bench") return cepe::cli::cmd_bench(argc - 2, argv + 2);
     if (cmd == "data") return cepe::cli::cmd_data(argc - 2, argv + 2);
+    if (cmd == "export") return cepe::cli::cmd_export(argc - 2, argv + 2);
+    if (cmd == "perplexity") return cepe::cli::cmd_perplexity(argc - 2, argv + 2);
+    if (cmd == "passkey") return cepe::cli::cmd_passkey(argc - 2, argv + 2);
+    if (cmd == "demo") return cepe::cli::cmd_demo(argc - 2, argv + 2);
     std::fprintf(stderr, "error: unknown command '%s' (try `cepe --help`)\n", one_line(cmd).c_str());
     return 2;
   } catch (const cepe::Error& e) {

@@ -1,11 +1,14 @@
 #include "cepe/model.h"
 
+#include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 
 #include "core/half.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rope.h"
 #include "model/cross_attention.h"
 #include "cepe/kv_cache.h"
 #include "model/transformer.h"
@@ -75,20 +78,22 @@ std::shared_ptr<CepeModel> CepeModel::create_random(const CepeConfig& cfg, uint6
   return make_model(std::move(im));
 }
 
-void CepeModel::save(const std::string& dir) const {
+void CepeModel::save(const std::string& dir, std::optional<DType> dtype) const {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error(dir + ": cannot create the checkpoint directory: " + ec.message());
   std::map<std::string, Tensor> tensors;
   for (const TensorEntry& e : model_tensors(impl_->cfg, &impl_->weights)) {
-    tensors[e.name] = *e.slot;
+    tensors[e.name] = dtype && e.slot->dtype() != *dtype ? e.slot->to(*dtype) : *e.slot;
     // LlamaForMLM's lm_head.bias is lm_bias (one Parameter); the released checkpoint stores both names.
     for (const std::string& alias : e.aliases)
-      if (alias == "lm_head.bias") tensors[alias] = *e.slot;
+      if (alias == "lm_head.bias") tensors[alias] = tensors[e.name];
   }
   save_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   nlohmann::json cfg = cepe_config_to_json(impl_->cfg);
+  if (dtype == DType::BF16) cfg["torch_dtype"] = "bfloat16";
+  if (dtype == DType::F16) cfg["torch_dtype"] = "float16";
   write_text_atomic((fs::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
@@ -344,6 +349,27 @@ size_t EncodedContext::cross_kv_bytes() const {
 std::unique_ptr<KVCache> CepeModel::make_cache(int64_t batch, int64_t capacity) const {
   const LlamaConfig& d = impl_->cfg.decoder;
   return std::make_unique<KVCache>(d.num_hidden_layers, batch, capacity, d.kv_dim());
+}
+
+void CepeModel::evict_cache(KVCache& c, int64_t keep_first, int64_t keep_last) const {
+  check(keep_first >= 0 && keep_last >= 0, "evict_cache: negative counts");
+  const int64_t dropped = c.length - keep_first - keep_last;
+  if (dropped <= 0) return;
+  const LlamaConfig& d = impl_->cfg.decoder;
+  const kernels::Rope rope = kernels::Rope::make(d, std::max<int64_t>(c.rope_seen, c.length));
+  const std::vector<int64_t> shift(static_cast<size_t>(keep_last), dropped);
+  for (size_t l = 0; l < c.k.size(); ++l) {
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (Tensor* t : {&c.k[l], &c.v[l]}) {
+        float* rows = t->f32() + b * c.capacity * c.kv_dim;
+        std::memmove(rows + keep_first * c.kv_dim, rows + (c.length - keep_last) * c.kv_dim,
+                     static_cast<size_t>(keep_last * c.kv_dim) * sizeof(float));
+      }
+      kernels::apply_rope(c.k[l].f32() + (b * c.capacity + keep_first) * c.kv_dim, keep_last, d.num_key_value_heads,
+                          d.head_dim(), c.kv_dim, shift.data(), rope, /*inverse=*/true);
+    }
+  }
+  c.length = keep_first + keep_last;
 }
 
 namespace {

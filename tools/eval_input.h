@@ -1,0 +1,36 @@
+#pragma once
+// What the evaluation commands read: documents (-f FILE: a text file, a token file, or a folder of text files)
+// and the defaults a model's config.json gives (its training windows).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cepe/model.h"
+#include "cepe/tokenizer.h"
+#include "eval/perplexity.h"
+
+namespace cepe::cli {
+
+// A text file becomes one document (BOS + its tokens); a `.tokens` file (cepe data tokenize) gives its documents
+// as stored (made by the same tokenizer, else an error naming both); a folder gives each text file in it,
+// recursively, in sorted order. The name is the file or folder name.
+eval::Source load_source(const std::string& path, const Tokenizer& tok, const std::string& tokenizer_path);
+
+// Comma-separated non-negative integers ("0,256,1024"); an error names the option.
+std::vector<int64_t> parse_int_list(const std::string& option, const std::string& list);
+
+// The decoder's training window (config max_position_embeddings; 4096 for LLaMA-2) and the encoder's chunk
+// length (its max_position_embeddings, at most 256 (the released models' chunks) and at most half the decoder
+// tokens, so that a RePlug chunk and its text share the window).
+int64_t default_decoder_tokens(const CepeModel& model);
+int64_t default_chunk_len(const CepeModel& model, int64_t decoder_tokens);
+
+// The perplexity rows as JSON (the --json contract), as a table on stdout, and as a plot (one chart per file).
+nlohmann::json perplexity_row_json(const eval::PerplexityRow& r, int64_t chunk_len);
+void print_perplexity_table(const std::vector<eval::PerplexityRow>& rows);
+void plot_perplexity(const std::string& path, const std::vector<eval::PerplexityRow>& rows, const std::string& title,
+                     int64_t decoder_tokens);
+
+}  // namespace cepe::cli
