@@ -20,7 +20,7 @@ const char* kEncodeHelp =
     "\n"
     "  -c, --context FILE       a context file; repeatable (tokenized without BOS, cut into chunks)\n"
     "      --context-text TEXT  a context given inline; repeatable\n"
-    "      --chunk-len N        tokens per encoder chunk (default 256)\n"
+    "      --chunk-len N        tokens per encoder chunk (default as cepe generate)\n"
     "      --ctx-dtype T        f32 or bf16 storage of the states (default f32)\n"
     "      --batch-tokens N     encoder tokens per pass (default 8192; bounds the scratch memory)\n"
     "  -o, --output FILE        the encoded context (safetensors, written atomically)\n"
@@ -39,9 +39,10 @@ int cmd_encode(int argc, char** argv) {
   if (!args.positional().empty()) throw Error("unexpected argument '" + args.positional()[0] + "'");
   kernels::set_num_threads(args.threads());
   const std::string out = args.required("--output");
-  const ContextInputOptions in = context_input_options(args);
-  if (in.files.empty() && in.texts.empty()) throw Error("nothing to encode: give -c FILE or --context-text TEXT");
+  if (args.all("--context").empty() && args.all("--context-text").empty())
+    throw Error("nothing to encode: give -c FILE or --context-text TEXT");
   auto model = CepeModel::load(args.required("--model"));
+  const ContextInputOptions in = context_input_options(args, *model);
   check(model->has_context_encoder(), model->dir() + ": this model has no cross-attention, so it reads no context");
   check(model->config().encode_mode == EncodeMode::ContextOnly,
         "encode_mode " + model->config().encode_mode_name +

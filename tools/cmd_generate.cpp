@@ -39,7 +39,8 @@ const char* kGenerateHelp =
     "  -p, --prompt TEXT       prompt for the decoder (BOS is added); with --chat, the user message\n"
     "  -c, --context FILE      a context file for the encoder; repeatable. Tokenized without BOS and cut\n"
     "                          into chunks of --chunk-len tokens (the last one padded by mask)\n"
-    "      --chunk-len N       tokens per encoder chunk (default 256, as the released models)\n"
+    "      --chunk-len N       tokens per encoder chunk (default: the encoder's max_position_embeddings,\n"
+    "                          at most 256 (the released models) and half the decoder's)\n"
     "  -n, --max-new-tokens N  tokens to generate (default 64)\n"
     "      --greedy            argmax decoding (same as --temp 0)\n"
     "      --temp T            sampling temperature (default 0.8; 0 = greedy)\n"
@@ -116,7 +117,7 @@ void print_memory(const CepeModel& model, const EncodedContext* ctx, int64_t bat
 // Encodes -c/--context-text inputs (with a progress bar) and combines them with --ctx files.
 std::optional<EncodedContext> prepare_context(const Args& args, const CepeModel& model, const Tokenizer& tok,
                                               const EncodeOptions& eo) {
-  const ContextInputOptions in = context_input_options(args);
+  const ContextInputOptions in = context_input_options(args, model);
   const std::vector<std::string> ctx_files = args.all("--ctx");
   if (in.files.empty() && in.texts.empty() && ctx_files.empty()) return std::nullopt;
   if (!model.has_context_encoder())
@@ -205,7 +206,7 @@ int run_text(const Args& args, const CepeModel& model, GenerateOptions opt, Stop
   g.batch = 1;
   g.len = static_cast<int64_t>(ids.size());
   g.ids = ids;
-  const int64_t chunk_len = context_input_options(args).chunk_len;
+  const int64_t chunk_len = context_input_options(args, model).chunk_len;
   std::optional<EncodedContext> ctx;
   double prepare_s = 0;  // encoding (and loading) the context outside generate()
   if (model.config().encode_mode == EncodeMode::ContextOnly) {
@@ -218,7 +219,7 @@ int run_text(const Args& args, const CepeModel& model, GenerateOptions opt, Stop
     if (args.has("--ctx"))
       throw Error("encode_mode " + model.config().encode_mode_name +
                   " encodes chunks together with the prompt, so --ctx files cannot be used");
-    ContextChunks chunks = chunk_context_inputs(context_input_options(args), tok, model);
+    ContextChunks chunks = chunk_context_inputs(context_input_options(args, model), tok, model);
     if (chunks.n_ctx > 0) {
       if (!model.has_context_encoder())
         throw Error(model.dir() + ": this model has no cross-attention, so it cannot read contexts");

@@ -1,4 +1,5 @@
 // cepe perplexity: long-document perplexity by context length under the paper's protocols (src/eval/perplexity.h).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -92,7 +93,7 @@ void plot_perplexity(const std::string& path, const std::vector<eval::Perplexity
   for (const std::string& s : sources) {
     plot::Chart c;
     c.title = s;
-    c.x = {"tokens in view (context + " + std::to_string(decoder_tokens) + ")", plot::Scale::Log2};
+    c.x = {"tokens in view, x the " + std::to_string(decoder_tokens) + "-token window", plot::Scale::Log2};
     c.y = {"perplexity, last " + std::to_string(eval_window) + " tokens", plot::Scale::Linear};
     std::map<std::string, plot::Series> by_protocol;
     std::vector<std::string> order;
@@ -104,10 +105,16 @@ void plot_perplexity(const std::string& path, const std::vector<eval::Perplexity
                                                  : name == "streaming" ? "StreamingLLM" : "RePlug", {}, {}, true};
         order.push_back(name);
       }
-      by_protocol[name].x.push_back(static_cast<double>(r.context_tokens + decoder_tokens));
+      by_protocol[name].x.push_back(static_cast<double>(r.context_tokens + decoder_tokens) / static_cast<double>(decoder_tokens));
       by_protocol[name].y.push_back(r.ppl);
     }
-    for (const std::string& n : order) c.series.push_back(by_protocol[n]);
+    double lo = INFINITY, hi = -INFINITY;
+    for (const std::string& n : order) {
+      c.series.push_back(by_protocol[n]);
+      for (double y : by_protocol[n].y) lo = std::min(lo, y), hi = std::max(hi, y);
+    }
+    // Headroom above the lines for the legend, so that it hides none of them.
+    if (std::isfinite(lo) && hi > lo) c.y.max = hi + 0.12 * static_cast<double>(order.size()) * (hi - lo) + 1e-9;
     fig.charts.push_back(std::move(c));
   }
   fig.width = std::max<int>(900, 420 * static_cast<int>(sources.size()));

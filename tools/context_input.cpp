@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "cepe/context.h"
+#include "eval_input.h"
 
 namespace cepe::cli {
 
@@ -19,12 +20,12 @@ std::string read_context_file(const std::string& path) {
 }
 }  // namespace
 
-ContextInputOptions context_input_options(const Args& args) {
+ContextInputOptions context_input_options(const Args& args, const CepeModel& model) {
   ContextInputOptions o;
   o.files = args.all("--context");
   o.texts = args.all("--context-text");
   // Bounded: every chunk is padded to chunk_len, so an absurd value would fill memory token by token.
-  const long long n = args.integer("--chunk-len", 256, 1, 1 << 20);
+  const long long n = args.integer("--chunk-len", default_chunk_len(model, default_decoder_tokens(model)), 1, 1 << 20);
   o.chunk_len = n;
   return o;
 }

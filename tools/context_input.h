@@ -15,7 +15,9 @@ struct ContextInputOptions {
   int64_t chunk_len = 256;
 };
 
-ContextInputOptions context_input_options(const Args& args);
+// --chunk-len defaults to the model's training chunk length (default_chunk_len in eval_input.h: 256 for the
+// released models, the shipped cepe-tiny's 128).
+ContextInputOptions context_input_options(const Args& args, const CepeModel& model);
 // Tokenizes every input without BOS and cuts it into chunks (the last of each padded by mask).
 ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenizer& tok, const CepeModel& model);
 // --ctx-dtype and --batch-tokens.

@@ -10,6 +10,7 @@
 #include "cepe/model.h"
 #include "cepe/tokenizer.h"
 #include "eval/perplexity.h"
+#include "eval/retrieval.h"
 
 namespace cepe::cli {
 
@@ -32,5 +33,13 @@ nlohmann::json perplexity_row_json(const eval::PerplexityRow& r, int64_t chunk_l
 void print_perplexity_table(const std::vector<eval::PerplexityRow>& rows);
 void plot_perplexity(const std::string& path, const std::vector<eval::PerplexityRow>& rows, const std::string& title,
                      int64_t decoder_tokens);
+
+// The pass-key results as a table on stdout, JSON (every case and the accuracy per cell) and a heat map.
+void print_passkey_table(const std::vector<eval::PasskeyResult>& results, const eval::PasskeyOptions& o);
+nlohmann::json passkey_json(const std::vector<eval::PasskeyResult>& results, const eval::PasskeyOptions& o);
+void plot_passkey(const std::string& path, const std::vector<eval::PasskeyResult>& results, const eval::PasskeyOptions& o,
+                  const std::string& title, int64_t decoder_window);
+// The tokens of `files` (load_source) without BOS/EOS, concatenated: filler text for retrieval tests.
+std::vector<int32_t> filler_tokens(const std::vector<std::string>& files, const Tokenizer& tok, const std::string& tok_path);
 
 }  // namespace cepe::cli

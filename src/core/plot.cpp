@@ -313,7 +313,67 @@ constexpr int kText = 2;                       // font scale for all text
 constexpr int kLineH = kGlyphRows * kText;     // one text line, descenders included
 constexpr int kPad = 8;
 
+// Red (t = 0) through yellow (0.5) to green (1), the usual needle-in-a-haystack colours.
+Rgb heat_colour(double t) {
+  t = std::clamp(t, 0.0, 1.0);
+  const auto mix = [](Rgb a, Rgb b, double u) {
+    return Rgb{static_cast<uint8_t>(std::lround(a.r + (b.r - a.r) * u)), static_cast<uint8_t>(std::lround(a.g + (b.g - a.g) * u)),
+               static_cast<uint8_t>(std::lround(a.b + (b.b - a.b) * u))};
+  };
+  const Rgb red{215, 48, 39}, yellow{254, 224, 139}, green{26, 152, 80};
+  return t < 0.5 ? mix(red, yellow, t * 2) : mix(yellow, green, (t - 0.5) * 2);
+}
+
+void draw_heatmap(Canvas& cv, const Chart& chart, Rect area) {
+  const Heatmap& h = chart.heatmap;
+  const size_t nc = h.columns.size(), nr = h.rows.size();
+  check(nc > 0 && nr > 0 && h.values.size() == nc * nr, [&] {
+    return "plot: heat map '" + chart.title + "' has " + std::to_string(h.values.size()) + " values for " +
+           std::to_string(nr) + " rows x " + std::to_string(nc) + " columns";
+  });
+  int row_w = 0;
+  for (const std::string& r : h.rows) row_w = std::max(row_w, text_width(r, kText));
+  const int left = static_cast<int>(area.x0) + kPad + (chart.y.label.empty() ? 0 : kLineH + kPad) + row_w + kPad;
+  const int right = static_cast<int>(area.x1) - 2 * kPad;
+  const int top = static_cast<int>(area.y0) + kPad + (chart.title.empty() ? 0 : kLineH + kPad);
+  const int bottom = static_cast<int>(area.y1) - kPad - (chart.x.label.empty() ? 0 : kLineH + kPad) - kLineH - kPad;
+  check(right - left > 16 && bottom - top > 16, "plot: the figure is too small for its text");
+  const double cw = static_cast<double>(right - left) / static_cast<double>(nc);
+  const double ch = static_cast<double>(bottom - top) / static_cast<double>(nr);
+  for (size_t r = 0; r < nr; ++r)
+    for (size_t c = 0; c < nc; ++c) {
+      const double v = h.values[r * nc + c];
+      const int x0 = left + static_cast<int>(std::lround(c * cw)), x1 = left + static_cast<int>(std::lround((c + 1) * cw));
+      const int y0 = top + static_cast<int>(std::lround(r * ch)), y1 = top + static_cast<int>(std::lround((r + 1) * ch));
+      const bool have = std::isfinite(v);
+      cv.fill(x0, y0, x1, y1, have ? heat_colour(h.hi > h.lo ? (v - h.lo) / (h.hi - h.lo) : 1.0) : kGrid);
+      cv.frame(x0, y0, x1, y1, kWhite);
+      if (!have) continue;
+      const std::string label = format_fixed(v * h.label_scale, h.label_decimals);
+      if (text_width(label, kText) + 4 <= x1 - x0 && kLineH <= y1 - y0)
+        cv.text((x0 + x1) / 2 - text_width(label, kText) / 2, (y0 + y1) / 2 - kCapHeight * kText / 2, label, kText, kBlack);
+    }
+  for (size_t c = 0; c < nc; ++c) {
+    const int x = left + static_cast<int>(std::lround((c + 0.5) * cw));
+    cv.text(x - text_width(h.columns[c], kText) / 2, bottom + kPad, h.columns[c], kText, kBlack);
+  }
+  for (size_t r = 0; r < nr; ++r) {
+    const int y = top + static_cast<int>(std::lround((r + 0.5) * ch));
+    cv.text(left - kPad - text_width(h.rows[r], kText), y - kCapHeight * kText / 2, h.rows[r], kText, kBlack);
+  }
+  if (!chart.title.empty())
+    cv.text((left + right) / 2 - text_width(chart.title, kText) / 2, static_cast<int>(area.y0) + kPad, chart.title,
+            kText, kBlack);
+  if (!chart.x.label.empty())
+    cv.text((left + right) / 2 - text_width(chart.x.label, kText) / 2, bottom + kPad + kLineH + kPad, chart.x.label,
+            kText, kBlack);
+  if (!chart.y.label.empty())
+    cv.text(static_cast<int>(area.x0) + kPad, (top + bottom) / 2 + text_width(chart.y.label, kText) / 2,
+            chart.y.label, kText, kBlack, /*vertical=*/true);
+}
+
 void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
+  if (!chart.heatmap.values.empty()) return draw_heatmap(cv, chart, area);
   Bounds b;
   for (const Series& s : chart.series) {
     check(s.x.size() == s.y.size(), [&] {

@@ -2,7 +2,7 @@
 // Line plots as PNG files, with no plotting program: loss curves for `cepe train --plot`, throughput and memory
 // for `cepe bench --plot`. A figure is one or more charts side by side under an optional title; each chart has
 // a title, two axes (linear, log10 or log2, limits automatic or fixed), grid lines at the ticks, and any number
-// of named series drawn as anti-aliased lines in distinct colours, with a legend. Text uses a built-in 5x7
+// of named series drawn as anti-aliased lines in distinct colours, with a legend; or a heat map of cells. Text uses a built-in 5x7
 // pixel font (printable ASCII).
 #include <cstdint>
 #include <optional>
@@ -27,10 +27,21 @@ struct Series {
   bool markers = false;  // a dot at each point as well as the line
 };
 
+// A grid of coloured cells (e.g. retrieval accuracy by context length x needle depth): categories on both
+// axes, each cell coloured on a red (lo) - yellow - green (hi) scale with its value written in it.
+struct Heatmap {
+  std::vector<std::string> columns{}, rows{};  // x categories left to right, y categories top to bottom
+  std::vector<double> values{};                // rows x columns, row-major; NaN: an empty (grey) cell
+  double lo = 0, hi = 1;                       // the colour scale's ends
+  double label_scale = 1;                      // the cell text is value * label_scale (100: percent)
+  int label_decimals = 0;
+};
+
 struct Chart {
   std::string title{};
-  Axis x{}, y{};
+  Axis x{}, y{};                 // a heat map uses only their labels
   std::vector<Series> series{};  // colours in this order: blue, orange, green, red, purple, brown, pink, grey, ...
+  Heatmap heatmap{};             // drawn instead of series when it has values
 };
 
 struct Figure {
@@ -45,8 +56,8 @@ struct Image {
   std::vector<uint8_t> rgb;  // width * height * 3
 };
 
-// Draws `figure`. Throws cepe::Error on a figure without charts, a size outside [64, 8192], or a series whose
-// x and y differ in length (naming the series).
+// Draws `figure`. Throws cepe::Error on a figure without charts, a size outside [64, 8192], a series whose
+// x and y differ in length (naming the series), or a heat map whose values are not rows x columns.
 Image render(const Figure& figure);
 
 // The image as a PNG file's bytes: colour type 2 (RGB, 8 bits), one zlib-compressed IDAT chunk.

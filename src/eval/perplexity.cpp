@@ -239,7 +239,7 @@ void check_options(const CepeModel& model, const PerplexityOptions& o) {
 }  // namespace
 
 std::vector<Window> place_windows(const Source& source, const PerplexityOptions& o) {
-  const int64_t n_max = *std::max_element(o.context_tokens.begin(), o.context_tokens.end());
+  const int64_t n_max = std::max(o.place_for_context, *std::max_element(o.context_tokens.begin(), o.context_tokens.end()));
   const int64_t need = n_max + o.decoder_tokens;
   std::vector<Window> all;
   for (size_t d = 0; d < source.docs.size(); ++d)
@@ -296,7 +296,7 @@ std::vector<PerplexityRow> evaluate_perplexity(const CepeModel& model, const Sou
   check_options(model, o);
   const std::vector<Window> windows = place_windows(source, o);
   if (windows.empty()) {
-    const int64_t n_max = *std::max_element(o.context_tokens.begin(), o.context_tokens.end());
+    const int64_t n_max = std::max(o.place_for_context, *std::max_element(o.context_tokens.begin(), o.context_tokens.end()));
     throw Error(source.name + ": no document has the " + std::to_string(n_max + o.decoder_tokens) +
                 " tokens a window needs (longest context + decoder tokens)");
   }

@@ -38,6 +38,8 @@ struct PerplexityOptions {
   int64_t eval_window = 64;                // E (< D)
   int64_t chunk_len = 128;                 // C: encoder chunks, and RePlug's chunks
   int64_t max_windows = 16;                // per source
+  int64_t place_for_context = 0;           // windows placed as if this were the longest context (when larger):
+                                           // runs with different context lists then score the same tokens
   int64_t streaming_sinks = 4;
   int64_t streaming_cache = 0;             // 0: D / 2 (sinks included)
   int64_t streaming_step = 0;              // 0: the cache size

@@ -1,11 +1,13 @@
 #include "eval/retrieval.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <numeric>
 
 #include "cepe/error.h"
+#include "cepe/generate.h"
 
 namespace cepe::eval {
 
@@ -205,6 +207,70 @@ std::vector<int32_t> make_synth_document(const Tokenizer& tok, std::span<const i
   append(dec, w.subspan(static_cast<size_t>(next_filler), static_cast<size_t>(rest)));
   append(doc, dec);
   return doc;
+}
+
+std::string answer_from_context(const CepeModel& model, const Tokenizer& tok, std::span<const int32_t> context,
+                                const std::string& question, int64_t chunk_len, int64_t max_new_tokens,
+                                const DecodeOptions& decode) {
+  GenerateRequest req;
+  req.ids = tok.encode(question, true);
+  req.batch = 1;
+  req.len = static_cast<int64_t>(req.ids.size());
+  if (!context.empty()) {
+    ContextChunks ch;
+    ch.batch = 1;
+    ch.ctx_len = chunk_len;
+    ch.n_ctx = (static_cast<int64_t>(context.size()) + chunk_len - 1) / chunk_len;
+    ch.ids.assign(static_cast<size_t>(ch.n_ctx * chunk_len), 0);
+    ch.mask.assign(ch.ids.size(), 0);
+    std::copy(context.begin(), context.end(), ch.ids.begin());
+    std::fill(ch.mask.begin(), ch.mask.begin() + static_cast<long>(context.size()), uint8_t{1});
+    req.context = std::move(ch);
+  }
+  GenerateOptions g;
+  g.max_new_tokens = max_new_tokens;
+  g.sampling.greedy = true;
+  g.decode = decode;
+  const GenerateResult r = generate(model, req, g);
+  std::vector<int32_t> fresh(r.sequences[0].begin() + req.len, r.sequences[0].end());
+  while (!fresh.empty() && fresh.back() == tok.eos_id()) fresh.pop_back();
+  return tok.decode(fresh);
+}
+
+std::vector<PasskeyResult> evaluate_passkey(const CepeModel& model, const Tokenizer& tok, std::span<const int32_t> filler,
+                                            const PasskeyOptions& o,
+                                            const std::function<void(int64_t done, int64_t total)>& progress) {
+  check(!o.context_tokens.empty() && !o.depths.empty() && o.trials >= 1, "passkey: no lengths, depths or trials");
+  for (double d : o.depths) check(d >= 0 && d <= 1, "passkey: depths must be in [0, 1]");
+  const int64_t longest = *std::max_element(o.context_tokens.begin(), o.context_tokens.end());
+  check(static_cast<int64_t>(filler.size()) > longest, [&] {
+    return "passkey: the filler has " + std::to_string(filler.size()) + " tokens, fewer than the longest context (" +
+           std::to_string(longest) + ")";
+  });
+  check(model.has_context_encoder(), "passkey: the model has no context encoder (cross-attention)");
+  std::vector<PasskeyResult> out;
+  const int64_t total = static_cast<int64_t>(o.context_tokens.size() * o.depths.size()) * o.trials;
+  for (int64_t n : o.context_tokens)
+    for (double depth : o.depths)
+      for (int64_t t = 0; t < o.trials; ++t) {
+        const auto t0 = std::chrono::steady_clock::now();
+        CaseRng rng(o.seed, static_cast<uint64_t>(out.size()));
+        PasskeyResult r;
+        r.context_tokens = n;
+        r.depth = depth;
+        r.trial = t;
+        r.key = random_passkey(rng);
+        const int64_t start = rng.below(static_cast<int64_t>(filler.size()) - n + 1);
+        const PasskeyCase c = make_passkey_case(tok, filler.subspan(static_cast<size_t>(start)), n, depth, r.key, o.with_task);
+        r.continuation = answer_from_context(model, tok, c.context, c.question.prompt, o.chunk_len, o.max_new_tokens, o.decode);
+        r.answer = extract_answer(r.continuation, true);
+        r.correct = r.answer == r.key;
+        r.context = c.context;
+        r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        out.push_back(std::move(r));
+        if (progress) progress(static_cast<int64_t>(out.size()), total);
+      }
+  return out;
 }
 
 }  // namespace cepe::eval

@@ -8,10 +8,12 @@
 // inserted at sentence starts near the requested depths — and a question for the decoder whose greedy
 // continuation must be the answer.
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "cepe/model.h"
 #include "cepe/tokenizer.h"
 
 namespace cepe::eval {
@@ -102,5 +104,39 @@ struct SynthOptions {
 };
 std::vector<int32_t> make_synth_document(const Tokenizer& tok, std::span<const int32_t> filler,
                                          const std::vector<Fact>& facts, const SynthOptions& options, CaseRng& rng);
+
+// Greedy answer of `model` to `question` (BOS + its tokens in the decoder) with `context` read by the encoder in
+// chunks of `chunk_len` from its start (the last one padded by mask), as `cepe generate -c FILE -p QUESTION`
+// does: the text of at most `max_new_tokens` new tokens (up to EOS).
+std::string answer_from_context(const CepeModel& model, const Tokenizer& tok, std::span<const int32_t> context,
+                                const std::string& question, int64_t chunk_len, int64_t max_new_tokens,
+                                const DecodeOptions& decode = {});
+
+struct PasskeyOptions {
+  std::vector<int64_t> context_tokens{1024};
+  std::vector<double> depths{0, 0.25, 0.5, 0.75, 1};
+  int64_t trials = 4;           // per length and depth, each with its own key and filler window
+  uint64_t seed = 0;
+  bool with_task = false;       // the task description first in the context
+  int64_t chunk_len = 128;
+  int64_t max_new_tokens = 8;
+  DecodeOptions decode{};
+};
+
+struct PasskeyResult {
+  int64_t context_tokens = 0;
+  double depth = 0;
+  int64_t trial = 0;
+  std::string key, answer, continuation;
+  bool correct = false;
+  double seconds = 0;
+  std::vector<int32_t> context;  // the case's context tokens (kept for --save-cases)
+};
+
+// Every (length, depth, trial) case, in that order. `filler` must hold more tokens than the longest context;
+// each trial's filler is a window of it at a position drawn from (seed, case).
+std::vector<PasskeyResult> evaluate_passkey(const CepeModel& model, const Tokenizer& tok, std::span<const int32_t> filler,
+                                            const PasskeyOptions& o,
+                                            const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 }  // namespace cepe::eval
