@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,9 +89,10 @@ class CepeModel {
   // A model of owned f32 weights filled as Hugging Face's _init_weights would (the values `cepe init` writes
   // for the same seed and initializer_range).
   static std::shared_ptr<CepeModel> create_random(const CepeConfig& cfg, uint64_t seed, double initializer_range = 0.02);
-  // Writes dir/model.safetensors (the weights in their dtype, under the reference's names; tied copies are
-  // not stored, as save_pretrained does) and then dir/config.json, each atomically.
-  void save(const std::string& dir) const;
+  // Writes dir/model.safetensors (the weights in their dtype, or converted to `dtype` when given, under the
+  // reference's names; tied copies are not stored, as save_pretrained does) and then dir/config.json (its
+  // torch_dtype the weights'), each atomically.
+  void save(const std::string& dir, std::optional<DType> dtype = std::nullopt) const;
   ~CepeModel();
 
   const CepeConfig& config() const;
@@ -115,6 +117,13 @@ class CepeModel {
 
   // A KV cache sized for `capacity` positions of `batch` rows.
   std::unique_ptr<KVCache> make_cache(int64_t batch, int64_t capacity) const;
+
+  // StreamingLLM's cache eviction (Xiao et al. 2023, "attention sinks"): keeps the first `keep_first`
+  // positions (the sinks) and the last `keep_last`, drops those between, and re-assigns positions inside the
+  // cache: the kept recent keys are rotated back by the number dropped (RoPE rotations compose), so the cache
+  // holds positions 0 .. keep_first + keep_last - 1 and the next call continues at cache->length. With dynamic
+  // NTK scaling the rotation is the current scale's, as the reference's streaming code recomputes none.
+  void evict_cache(KVCache& cache, int64_t keep_first, int64_t keep_last) const;
 
   // Checks token ids against the vocabularies (clear error naming the position).
   void check_decoder_ids(const int32_t* ids, int64_t n, const std::string& what) const;
