@@ -9,7 +9,10 @@
 #   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained)
 #   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
 #   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data, decoder frozen
-#   export     the final checkpoint in BF16 with its tokenizer and model card data -> OUT (default models/cepe-tiny)
+#   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
+#              (every stage's steps, time and losses) and the training curves
+#   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
+#              the shipped model's (models/cepe-tiny) when OUT is another folder: the reproduction check
 #
 #   scripts/make-default-model.sh [STAGE...]      (default: all, in order)
 #
@@ -57,6 +60,42 @@ tokens() {
   done
 }
 
+timed() {  # timed NAME COMMAND...: runs it and appends "NAME<TAB>seconds" to times.tsv (the model card's times)
+  local name=$1 t0; shift
+  t0=$(date +%s)
+  "$@"
+  printf '%s\t%d\n' "$name" $(($(date +%s) - t0)) >> times.tsv
+}
+
+synth() {
+  if [ -f data/synth.tokens ]; then log "synth: kept"; return; fi
+  # Retrieval documents for the CEPE stage: 2048 context + 256 decoder tokens (the stage's shapes), filler from
+  # the training text, facts from the training facts only (facts/held.tsv is for evaluation).
+  "$CEPE" data synth -m tokenizer.model --filler data/train.tokens --facts "$CORPUS/facts/train.tsv" \
+    --context-tokens 2048 --decoder-tokens 256 -n 4000 --seed 5 -o data/synth.tokens
+}
+
+export_model() {
+  local final; final=runs/cepe/checkpoint-$(json "$CFG/cepe.json" '["steps"]')
+  [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe stage first)" >&2; exit 1; }
+  "$CEPE" export -m "$final" -o "$OUT" --dtype bf16 --decoder-window 256 --encoder-window 128
+  mkdir -p "$OUT/plots"
+  for s in decoder mlm warmup cepe; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
+  python3 "$ROOT/scripts/training_summary.py" "$WORK" "$CFG" > "$OUT/training.json"
+  log "export: $OUT ($(du -sh "$OUT" | cut -f1))"
+}
+
+evaluate() {
+  local held=$CORPUS/held files=() d
+  for d in books science math code docs; do files+=(-f "$held/$d"); done
+  "$CEPE" perplexity -m "$OUT" "${files[@]}" --protocol cepe --context-tokens 0,2048,8192 --max-windows 8 -t "$THREADS" \
+    --json "$OUT/heldout-perplexity.json" -q
+  local shipped=$ROOT/models/cepe-tiny
+  if [ "$(cd "$OUT" && pwd)" != "$(cd "$shipped" 2>/dev/null && pwd)" ] && [ -f "$shipped/heldout-perplexity.json" ]; then
+    python3 "$ROOT/scripts/training_summary.py" --compare "$shipped/heldout-perplexity.json" "$OUT/heldout-perplexity.json"
+  fi
+}
+
 stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, resumed if it has a checkpoint
   local name=$1 cfg="$CFG/$1.json" out steps
   out=$(json "$cfg" '["output_dir"]'); steps=$(json "$cfg" '["steps"]')
@@ -65,17 +104,20 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
   if compgen -G "$out/checkpoint-*/trainer_state.json" > /dev/null; then resume=(--resume); fi
   mkdir -p plots
   log "$name: training ($steps steps${resume:+, resumed})"
-  "$CEPE" train --config "$cfg" -t "$THREADS" --plot "plots/$name.png" "${resume[@]}"
+  timed "$name" "$CEPE" train --config "$cfg" -t "$THREADS" --plot "plots/$name.png" "${resume[@]}"
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder)
+[ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe export evaluate)
 for s in "${steps[@]}"; do
   case $s in
-    corpus) corpus ;;
-    tokenizer) tokenizer ;;
-    tokens) tokens ;;
+    corpus) timed corpus corpus ;;
+    tokenizer) timed tokenizer tokenizer ;;
+    tokens) timed tokens tokens ;;
     decoder | mlm | warmup | cepe) stage "$s" ;;
-    *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe export)" >&2; exit 1 ;;
+    synth) timed synth synth ;;
+    export) export_model ;;
+    evaluate) evaluate ;;
+    *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe export evaluate)" >&2; exit 1 ;;
   esac
 done

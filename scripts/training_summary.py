@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""The default model's training record and its reproduction check (scripts/make-default-model.sh).
+
+  training_summary.py WORK CONFIG_DIR         JSON on stdout: every stage's steps, training time, tokens, final
+                                              train loss (mean of the last 50 steps) and held-out evals
+  training_summary.py --compare A.json B.json held-out perplexities (cepe perplexity --json) of two models, row by
+                                              row; exit status 1 when any differs by more than 2%
+"""
+import json
+import os
+import sys
+
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe']
+
+
+def stage_record(work, cfg_dir, name):
+    cfg = json.load(open(os.path.join(cfg_dir, name + '.json')))
+    log = os.path.join(work, cfg['output_dir'], 'log.jsonl')
+    if not os.path.exists(log):
+        return None
+    steps, evals, seconds, last_elapsed, tokens = {}, [], 0.0, 0.0, 0
+    for line in open(log):
+        r = json.loads(line)
+        if r.get('event') == 'eval':
+            evals.append({k: r[k] for k in ('step', 'eval_loss', 'eval_loss_no_context') if k in r})
+            continue
+        if 'elapsed_s' in r:
+            # elapsed_s restarts with every (resumed) process: a stage's time is the sum of its segments.
+            if r['elapsed_s'] < last_elapsed:
+                seconds += last_elapsed
+            last_elapsed = r['elapsed_s']
+        steps[r['step']] = r
+    seconds += last_elapsed
+    done = [steps[s] for s in sorted(steps)]
+    tokens = sum(r.get('tokens', 0) for r in done)
+    tail = done[-50:]
+    return {
+        'stage': cfg['stage'], 'config': 'configs/cepe-tiny/%s.json' % name, 'steps': cfg['steps'],
+        'steps_done': len(done), 'batch_size': cfg.get('batch_size', 1), 'seq_len': cfg['data'].get('seq_len'),
+        'n_ctx': cfg['data'].get('n_ctx', 0), 'ctx_len': cfg['data'].get('ctx_len', 0), 'lr': cfg['optimizer'].get('lr'),
+        'training_seconds': round(seconds, 1), 'tokens': tokens,
+        'final_train_loss': round(sum(r['loss'] for r in tail) / len(tail), 4) if tail else None,
+        'evals': evals,
+    }
+
+
+def summary(work, cfg_dir):
+    out = {'stages': {}}
+    for s in STAGES:
+        r = stage_record(work, cfg_dir, s)
+        if r:
+            out['stages'][s] = r
+    times = os.path.join(work, 'times.tsv')
+    if os.path.exists(times):
+        out['wall_seconds'] = {}
+        for line in open(times):
+            name, secs = line.rstrip('\n').split('\t')
+            out['wall_seconds'][name] = out['wall_seconds'].get(name, 0) + int(secs)
+    out['training_seconds'] = round(sum(r['training_seconds'] for r in out['stages'].values()), 1)
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write('\n')
+
+
+def compare(a_path, b_path):
+    a = {(r['source'], r['protocol'], r['context_tokens']): r for r in json.load(open(a_path))}
+    b = {(r['source'], r['protocol'], r['context_tokens']): r for r in json.load(open(b_path))}
+    worst = 0.0
+    print('%-10s %-6s %8s %10s %10s %8s' % ('source', 'proto', 'context', 'shipped', 'new', 'diff'))
+    for k in sorted(a):
+        if k not in b:
+            print('missing in %s: %s' % (b_path, k))
+            worst = float('inf')
+            continue
+        d = b[k]['ppl'] / a[k]['ppl'] - 1
+        worst = max(worst, abs(d))
+        print('%-10s %-6s %8d %10.3f %10.3f %+7.2f%%' % (k[0], k[1], k[2], a[k]['ppl'], b[k]['ppl'], 100 * d))
+    print('largest difference: %.2f%% (limit 2%%)' % (100 * worst))
+    return 0 if worst <= 0.02 else 1
+
+
+if __name__ == '__main__':
+    if len(sys.argv) == 4 and sys.argv[1] == '--compare':
+        sys.exit(compare(sys.argv[2], sys.argv[3]))
+    if len(sys.argv) == 3:
+        summary(sys.argv[1], sys.argv[2])
+        sys.exit(0)
+    sys.stderr.write(__doc__)
+    sys.exit(2)
