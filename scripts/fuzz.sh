@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
-all=(safetensors config request context tokenizer token_file train_config teacher)
+all=(safetensors config request context tokenizer token_file train_config teacher facts)
 if (($#)); then targets=("$@"); else targets=("${all[@]}"); fi
 jobs=${CEPE_FUZZ_JOBS:-2}
 build=build-fuzz

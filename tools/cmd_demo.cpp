@@ -2,6 +2,7 @@
 // perplexity against context length (CEPE, vanilla, StreamingLLM, RePlug on the same tokens), pass-key retrieval
 // by length and depth, memory and speed against full attention, and one answer that needs a fact from a long
 // document. Tables on stdout, PNGs and JSON in --out.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -29,7 +30,8 @@ namespace {
 namespace fs = std::filesystem;
 
 const char* kDemoHelp =
-    "usage: cepe demo [-m models/cepe-tiny] [--corpus build/corpus] [--out build/demo] [-t THREADS] [--windows W]\n"
+    "usage: cepe demo [-m models/cepe-tiny] [--corpus build/corpus] [--out build/demo] [--windows W] [--longest X]\n"
+    "                 [-t THREADS]\n"
     "\n"
     "Runs, on the model and the held-out documents of scripts/fetch-corpus.sh (--held-only is enough):\n"
     "  1. perplexity against context length, CEPE from 0 to 64x the decoder window, vanilla up to and past its\n"
@@ -43,6 +45,7 @@ const char* kDemoHelp =
     "      --corpus DIR    the corpus (default build/corpus); its held/<domain>/ folders are read\n"
     "      --out DIR       where the plots and JSON go (default build/demo)\n"
     "      --windows W     perplexity windows per domain (default 3)\n"
+    "      --longest X     the longest context, in decoder windows (default 64)\n"
     "  -t, --threads N     CPU threads\n";
 
 using Clock = std::chrono::steady_clock;
@@ -52,9 +55,13 @@ void heading(int step, const std::string& what) {
   std::fflush(stdout);
 }
 
-std::vector<int64_t> times(int64_t window, std::initializer_list<double> factors) {
+// Multiples of the window, the repeated and non-positive ones (but a leading 0) left out.
+std::vector<int64_t> times(int64_t window, std::initializer_list<int64_t> factors) {
   std::vector<int64_t> out;
-  for (double f : factors) out.push_back(static_cast<int64_t>(f * static_cast<double>(window)));
+  for (int64_t f : factors) {
+    const int64_t n = f * window;
+    if ((n > 0 || out.empty()) && std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+  }
   return out;
 }
 
@@ -63,7 +70,8 @@ std::vector<int64_t> times(int64_t window, std::initializer_list<double> factors
 int cmd_bench(int argc, char** argv);
 
 int cmd_demo(int argc, char** argv) {
-  Args args(argc, argv, {{"--model", "-m"}, {"--corpus"}, {"--out"}, {"--windows"}, {"--threads", "-t"}}, {{"--help", "-h"}});
+  Args args(argc, argv, {{"--model", "-m"}, {"--corpus"}, {"--out"}, {"--windows"}, {"--longest"}, {"--threads", "-t"}},
+            {{"--help", "-h"}});
   if (args.has("--help")) {
     std::fputs(kDemoHelp, stdout);
     return 0;
@@ -85,6 +93,7 @@ int cmd_demo(int argc, char** argv) {
   const Tokenizer tok = Tokenizer::load(tok_path);
   const int64_t window = default_decoder_tokens(*model);
   const int64_t chunk = default_chunk_len(*model, window);
+  const int64_t L = args.integer("--longest", 64, 4, 1 << 16);  // the longest context, in windows
   std::printf("cepe demo: %s (decoder window %lld tokens, encoder chunks of %lld), held-out text of %s\n", dir.c_str(),
               static_cast<long long>(window), static_cast<long long>(chunk), held.string().c_str());
   std::printf("The decoder was trained on %lld-token windows only; the encoder reads any length in parallel chunks.\n",
@@ -95,22 +104,28 @@ int cmd_demo(int argc, char** argv) {
   std::vector<std::string> domains;
   for (const char* d : {"books", "science", "math", "code", "docs"})
     if (fs::is_directory(held / d, ec)) domains.push_back(d);
+  if (!fs::is_directory(held / "books", ec)) throw Error((held / "books").string() + ": the demo's filler text is a held-out book");
   if (domains.empty()) throw Error(held.string() + ": no domain folders (books, science, math, code, docs)");
   eval::PerplexityOptions base;
   base.decoder_tokens = window;
   base.eval_window = std::min<int64_t>(256, window / 4);
   base.chunk_len = chunk;
   base.max_windows = args.integer("--windows", 3, 1, 1 << 16);
-  base.place_for_context = 64 * window;
+  base.place_for_context = L * window;
   struct Run {
     eval::Protocol p;
     std::vector<int64_t> n;
   };
   const std::vector<Run> runs = {
-      {eval::Protocol::Cepe, times(window, {0, 1, 2, 4, 8, 16, 32, 64})},
+      {eval::Protocol::Cepe, [&] {
+         std::vector<int64_t> n{0};
+         for (int64_t f = 1; f <= L; f *= 2) n.push_back(f * window);
+         if (n.back() != L * window) n.push_back(L * window);
+         return n;
+       }()},
       {eval::Protocol::Vanilla, times(window, {0, 1, 2, 3})},
-      {eval::Protocol::Streaming, times(window, {0, 4, 16, 64})},
-      {eval::Protocol::Replug, times(window, {0, 4, 16, 64})}};
+      {eval::Protocol::Streaming, times(window, {0, L / 16, L / 4, L})},
+      {eval::Protocol::Replug, times(window, {0, L / 16, L / 4, L})}};
   std::vector<eval::Source> sources;
   int64_t units = 0;
   for (const std::string& d : domains) {
@@ -142,7 +157,8 @@ int cmd_demo(int argc, char** argv) {
   // ---- 2. Pass-key retrieval ----
   heading(2, "Pass-key retrieval: a 5-digit key hidden in a held-out book, asked for after it");
   eval::PasskeyOptions pk;
-  pk.context_tokens = times(window, {4, 16, 64});
+  pk.context_tokens = times(window, {L / 16, L / 4, L});
+  if (pk.context_tokens.front() == 0) pk.context_tokens.erase(pk.context_tokens.begin());
   pk.depths = {0, 0.25, 0.5, 0.75, 1};
   pk.trials = 2;
   pk.chunk_len = chunk;
@@ -161,7 +177,11 @@ int cmd_demo(int argc, char** argv) {
   // ---- 3. Memory and speed against full attention ----
   heading(3, "Memory and speed: CEPE against the same decoder reading the context in full attention");
   {
-    const std::string ctx = std::to_string(4 * window) + "," + std::to_string(16 * window) + "," + std::to_string(64 * window);
+    std::string ctx;
+    for (int64_t n : pk.context_tokens) {
+      if (!ctx.empty()) ctx.push_back(',');
+      ctx.append(std::to_string(n));
+    }
     const std::string json = (out / "bench.json").string(), png = (out / "bench.png").string(), ch = std::to_string(chunk);
     const std::string threads = std::to_string(args.threads());
     std::vector<std::string> a = {"-m", dir, "--context-tokens", ctx, "--baseline", "full", "--cross-attn", "auto",
@@ -176,8 +196,14 @@ int cmd_demo(int argc, char** argv) {
   {
     const std::vector<eval::Fact> facts = eval::load_facts((corpus / "facts" / "held.tsv").string());
     const eval::Fact& fact = facts[facts.size() / 3];
-    const std::vector<int32_t> book = filler_tokens({(held / "books" / "austen-persuasion.txt").string()}, tok, tok_path);
-    const int64_t n = std::min<int64_t>(32 * window, static_cast<int64_t>(book.size()));
+    // The longest held-out book (Persuasion in the shipped corpus).
+    fs::path longest;
+    uintmax_t longest_size = 0;
+    for (const auto& e : fs::directory_iterator(held / "books"))
+      if (e.is_regular_file() && e.file_size() > longest_size) longest = e.path(), longest_size = e.file_size();
+    if (longest.empty()) throw Error((held / "books").string() + ": no held-out book");
+    const std::vector<int32_t> book = filler_tokens({longest.string()}, tok, tok_path);
+    const int64_t n = std::min<int64_t>(L / 2 * window, static_cast<int64_t>(book.size()));
     std::vector<int64_t> where;
     const std::vector<int32_t> context =
         eval::insert_needles(tok, book, n, {eval::Needle{tok.encode(fact.statement(), false), 0.6}}, &where);
@@ -186,8 +212,9 @@ int cmd_demo(int argc, char** argv) {
     const std::string without = eval::answer_from_context(*model, tok, {}, question, chunk, 12);
     const std::string doc_path = (out / "long-document.txt").string();
     write_text_atomic(doc_path, tok.decode(context));
-    std::printf("document: %lld tokens of Persuasion (held out from training) with, at token %lld:\n  \"%s\"\n",
-                static_cast<long long>(n), static_cast<long long>(where[0]), fact.statement().c_str());
+    std::printf("document: the first %lld tokens of %s (held out from training) with, at token %lld:\n  \"%s\"\n",
+                static_cast<long long>(n), longest.filename().string().c_str(), static_cast<long long>(where[0]),
+                fact.statement().c_str());
     std::printf("prompt:   \"%s\"\n", question.c_str());
     std::printf("with the document as context:  ...%s\n", with.c_str());
     std::printf("without it (decoder alone):    ...%s\n", without.c_str());
