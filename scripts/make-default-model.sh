@@ -78,8 +78,10 @@ synth() {
 export_model() {
   local final; final=runs/cepe/checkpoint-$(json "$CFG/cepe.json" '["steps"]')
   [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe stage first)" >&2; exit 1; }
-  "$CEPE" export -m "$final" -o "$OUT" --dtype bf16 --decoder-window 256 --encoder-window 128
+  # Exported beside the runs, then copied file by file (each renamed into place), so that OUT's model card stays.
+  "$CEPE" export -m "$final" -o export --dtype bf16 --decoder-window 256 --encoder-window 128
   mkdir -p "$OUT/plots"
+  for f in config.json model.safetensors tokenizer.model; do cp export/$f "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"; done
   for s in decoder mlm warmup cepe; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
   python3 "$ROOT/scripts/training_summary.py" "$WORK" "$CFG" > "$OUT/training.json"
   log "export: $OUT ($(du -sh "$OUT" | cut -f1))"
@@ -107,17 +109,23 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
   timed "$name" "$CEPE" train --config "$cfg" -t "$THREADS" --plot "plots/$name.png" "${resume[@]}"
 }
 
-steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe export evaluate)
-for s in "${steps[@]}"; do
-  case $s in
-    corpus) timed corpus corpus ;;
-    tokenizer) timed tokenizer tokenizer ;;
-    tokens) timed tokens tokens ;;
-    decoder | mlm | warmup | cepe) stage "$s" ;;
-    synth) timed synth synth ;;
-    export) export_model ;;
-    evaluate) evaluate ;;
-    *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe export evaluate)" >&2; exit 1 ;;
-  esac
-done
+# Everything runs from main(), read whole before it starts: editing this file while a run is going on cannot change
+# what that run does.
+main() {
+  local steps=("$@") s
+  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe export evaluate)
+  for s in "${steps[@]}"; do
+    case $s in
+      corpus) timed corpus corpus ;;
+      tokenizer) timed tokenizer tokenizer ;;
+      tokens) timed tokens tokens ;;
+      decoder | mlm | warmup | cepe) stage "$s" ;;
+      synth) timed synth synth ;;
+      export) export_model ;;
+      evaluate) evaluate ;;
+      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe export evaluate)" >&2; exit 1 ;;
+    esac
+  done
+}
+
+main "$@"; exit $?
