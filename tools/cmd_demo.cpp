@@ -65,6 +65,41 @@ std::vector<int64_t> times(int64_t window, std::initializer_list<int64_t> factor
   return out;
 }
 
+// Perplexity by domain x protocol (rows) and context length (columns, in windows): the demo's compact table.
+void print_pivot(const std::vector<eval::PerplexityRow>& rows, int64_t window) {
+  std::vector<int64_t> lengths;
+  std::vector<std::string> sources;
+  for (const auto& r : rows) {
+    if (std::find(lengths.begin(), lengths.end(), r.context_tokens) == lengths.end()) lengths.push_back(r.context_tokens);
+    if (std::find(sources.begin(), sources.end(), r.source) == sources.end()) sources.push_back(r.source);
+  }
+  std::sort(lengths.begin(), lengths.end());
+  std::printf("perplexity of the last %lld tokens of %lld-token windows, by context read before them (in windows of %lld)\n",
+              static_cast<long long>(rows.empty() ? 0 : rows[0].eval_window), static_cast<long long>(window),
+              static_cast<long long>(window));
+  std::printf("%-9s %-13s", "domain", "protocol");
+  for (int64_t n : lengths) {
+    char h[16];
+    std::snprintf(h, sizeof h, "%lldx", static_cast<long long>(n / window));
+    std::printf(" %7s", n == 0 ? "none" : h);
+  }
+  std::printf("\n");
+  for (const std::string& s : sources)
+    for (eval::Protocol p : {eval::Protocol::Cepe, eval::Protocol::Vanilla, eval::Protocol::Streaming, eval::Protocol::Replug}) {
+      std::printf("%-9s %-13s", s.c_str(), p == eval::Protocol::Cepe ? "CEPE" : p == eval::Protocol::Vanilla ? "vanilla"
+                                               : p == eval::Protocol::Streaming ? "StreamingLLM" : "RePlug");
+      for (int64_t n : lengths) {
+        const auto it = std::find_if(rows.begin(), rows.end(), [&](const eval::PerplexityRow& r) {
+          return r.source == s && r.protocol == p && r.context_tokens == n;
+        });
+        if (it == rows.end()) std::printf(" %7s", "-");
+        else std::printf(" %7.2f", it->ppl);
+      }
+      std::printf("\n");
+    }
+  std::printf("(every cell scores the same tokens; 95%% intervals and timings in perplexity.json)\n");
+}
+
 }  // namespace
 
 int cmd_bench(int argc, char** argv);
@@ -148,7 +183,7 @@ int cmd_demo(int argc, char** argv) {
       }
     bar.finish();
   }
-  print_perplexity_table(rows);
+  print_pivot(rows, window);
   nlohmann::json ppl_json = nlohmann::json::array();
   for (const auto& r : rows) ppl_json.push_back(perplexity_row_json(r, chunk));
   write_text_atomic((out / "perplexity.json").string(), ppl_json.dump(2) + "\n");
