@@ -50,26 +50,6 @@ const char* kPasskeyHelp =
     "  -t, --threads N          CPU threads\n"
     "  -q, --quiet              no progress bar\n";
 
-std::vector<double> parse_depths(const std::string& list) {
-  std::vector<double> out;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    double v = -1;
-    try {
-      v = std::stod(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || item.empty() || !(v >= 0 && v <= 1))
-      throw Error("--depths: '" + item + "' is not a depth in [0, 1] (give e.g. 0,0.5,1)");
-    out.push_back(v);
-  }
-  if (out.empty()) throw Error("--depths: empty list");
-  return out;
-}
-
 std::string depth_label(double d) {
   char b[16];
   std::snprintf(b, sizeof b, "%.0f%%", d * 100);
@@ -177,7 +157,7 @@ int cmd_passkey(int argc, char** argv) {
   if (files.empty()) throw Error("give the filler text with -f FILE (real text, e.g. a held-out book)");
   eval::PasskeyOptions o;
   o.context_tokens = parse_int_list("--context-tokens", args.str("--context-tokens", "1024,4096,16384"));
-  o.depths = parse_depths(args.str("--depths", "0,0.25,0.5,0.75,1"));
+  o.depths = parse_number_list("--depths", args.str("--depths", "0,0.25,0.5,0.75,1"), 0, 1, false, "0,0.5,1");
   o.trials = args.integer("--trials", 4, 1, 1 << 20);
   o.seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, std::numeric_limits<long long>::max()));
   o.with_task = args.has("--task");

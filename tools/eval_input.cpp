@@ -1,6 +1,8 @@
 #include "eval_input.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -22,6 +24,12 @@ std::vector<int32_t> text_document(const std::string& path, const Tokenizer& tok
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
+}
+
+std::string number_text(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
 }
 
 }  // namespace
@@ -53,24 +61,31 @@ eval::Source load_source(const std::string& path, const Tokenizer& tok, const st
   return src;
 }
 
-std::vector<int64_t> parse_int_list(const std::string& option, const std::string& list) {
-  std::vector<int64_t> out;
+std::vector<double> parse_number_list(const std::string& option, const std::string& list, double lo, double hi,
+                                      bool integers, const std::string& example) {
+  std::vector<double> out;
   std::stringstream ss(list);
   std::string item;
   while (std::getline(ss, item, ',')) {
     size_t used = 0;
-    long long v = -1;
+    double v = NAN;
     try {
-      v = std::stoll(item, &used);
+      v = integers ? static_cast<double>(std::stoll(item, &used)) : std::stod(item, &used);
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != item.size() || item.empty() || v < 0 || v > (1ll << 32))
-      throw Error(option + ": '" + item + "' is not a count in [0, 2^32] (give e.g. 0,256,1024)");
+    if (used != item.size() || item.empty() || !(v >= lo && v <= hi))
+      throw Error(option + ": '" + item + "' is not " + (integers ? "a count" : "a number") + " in [" +
+                  number_text(lo) + ", " + number_text(hi) + "] (give e.g. " + example + ")");
     out.push_back(v);
   }
   if (out.empty()) throw Error(option + ": empty list");
   return out;
+}
+
+std::vector<int64_t> parse_int_list(const std::string& option, const std::string& list) {
+  const std::vector<double> v = parse_number_list(option, list, 0, 4294967296.0, true, "0,256,1024");
+  return std::vector<int64_t>(v.begin(), v.end());
 }
 
 int64_t default_decoder_tokens(const CepeModel& model) { return model.config().decoder.max_position_embeddings; }

@@ -19,7 +19,11 @@ namespace cepe::cli {
 // recursively, in sorted order. The name is the file or folder name.
 eval::Source load_source(const std::string& path, const Tokenizer& tok, const std::string& tokenizer_path);
 
-// Comma-separated non-negative integers ("0,256,1024"); an error names the option.
+// Comma-separated numbers in [lo, hi] (whole numbers with `integers`); an error names the option, the item and
+// the range, with `example`.
+std::vector<double> parse_number_list(const std::string& option, const std::string& list, double lo, double hi,
+                                      bool integers, const std::string& example);
+// Comma-separated counts in [0, 2^32] ("0,256,1024").
 std::vector<int64_t> parse_int_list(const std::string& option, const std::string& list);
 
 // The decoder's training window (config max_position_embeddings; 4096 for LLaMA-2) and the encoder's chunk

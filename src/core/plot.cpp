@@ -313,6 +313,19 @@ constexpr int kText = 2;                       // font scale for all text
 constexpr int kLineH = kGlyphRows * kText;     // one text line, descenders included
 constexpr int kPad = 8;
 
+// The chart's title above its plot area [left, right] x [top, bottom], the x label below and the y label at the left.
+void draw_titles(Canvas& cv, const Chart& chart, Rect area, int left, int right, int top, int bottom) {
+  if (!chart.title.empty())
+    cv.text((left + right) / 2 - text_width(chart.title, kText) / 2, static_cast<int>(area.y0) + kPad, chart.title,
+            kText, kBlack);
+  if (!chart.x.label.empty())
+    cv.text((left + right) / 2 - text_width(chart.x.label, kText) / 2, bottom + kPad + kLineH + kPad, chart.x.label,
+            kText, kBlack);
+  if (!chart.y.label.empty())
+    cv.text(static_cast<int>(area.x0) + kPad, (top + bottom) / 2 + text_width(chart.y.label, kText) / 2,
+            chart.y.label, kText, kBlack, /*vertical=*/true);
+}
+
 // Red (t = 0) through yellow (0.5) to green (1), the usual needle-in-a-haystack colours.
 Rgb heat_colour(double t) {
   t = std::clamp(t, 0.0, 1.0);
@@ -361,15 +374,7 @@ void draw_heatmap(Canvas& cv, const Chart& chart, Rect area) {
     const int y = top + static_cast<int>(std::lround((r + 0.5) * ch));
     cv.text(left - kPad - text_width(h.rows[r], kText), y - kCapHeight * kText / 2, h.rows[r], kText, kBlack);
   }
-  if (!chart.title.empty())
-    cv.text((left + right) / 2 - text_width(chart.title, kText) / 2, static_cast<int>(area.y0) + kPad, chart.title,
-            kText, kBlack);
-  if (!chart.x.label.empty())
-    cv.text((left + right) / 2 - text_width(chart.x.label, kText) / 2, bottom + kPad + kLineH + kPad, chart.x.label,
-            kText, kBlack);
-  if (!chart.y.label.empty())
-    cv.text(static_cast<int>(area.x0) + kPad, (top + bottom) / 2 + text_width(chart.y.label, kText) / 2,
-            chart.y.label, kText, kBlack, /*vertical=*/true);
+  draw_titles(cv, chart, area, left, right, top, bottom);
 }
 
 void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
@@ -440,15 +445,7 @@ void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
   cv.frame(left, top, right, bottom, kBlack);
 
   // Titles and labels.
-  if (!chart.title.empty())
-    cv.text((left + right) / 2 - text_width(chart.title, kText) / 2, static_cast<int>(area.y0) + kPad, chart.title,
-            kText, kBlack);
-  if (!chart.x.label.empty())
-    cv.text((left + right) / 2 - text_width(chart.x.label, kText) / 2, bottom + kPad + kLineH + kPad, chart.x.label,
-            kText, kBlack);
-  if (!chart.y.label.empty())
-    cv.text(static_cast<int>(area.x0) + kPad, (top + bottom) / 2 + text_width(chart.y.label, kText) / 2,
-            chart.y.label, kText, kBlack, /*vertical=*/true);
+  draw_titles(cv, chart, area, left, right, top, bottom);
 
   // Legend: inside the plot, on white.
   int name_w = 0, rows = 0;
