@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-STAGES = ['decoder', 'mlm', 'warmup', 'cepe']
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'cepe-long']
 
 
 def stage_record(work, cfg_dir, name):
