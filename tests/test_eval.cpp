@@ -1,6 +1,7 @@
 // Evaluation (src/eval): the perplexity protocols against each other and against plain forwards on the fixture
 // model, StreamingLLM's cache eviction against a fresh prefill, the retrieval cases and synthetic documents.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
