@@ -184,6 +184,9 @@ TEST_F(CliEval, DemoRunsEveryPartOnAHeldOutFolder) {
   for (const char* s : {"== 1/4", "== 2/4", "== 3/4", "== 4/4", "with the document as context", "Plots:"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
   EXPECT_TRUE(CleanError(run_cepe({"demo", "-m", kFixture.string(), "--corpus", path("nowhere")}), {"fetch-corpus.sh"}));
+  fs::remove(path("corpus/facts/held.tsv"));
+  EXPECT_TRUE(CleanError(run_cepe({"demo", "-m", kFixture.string(), "--corpus", path("corpus"), "--out", path("demo")}),
+                         {"held.tsv"}));
 }
 
 }  // namespace

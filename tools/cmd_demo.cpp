@@ -122,6 +122,8 @@ int cmd_demo(int argc, char** argv) {
     throw Error(held.string() + ": no held-out documents (run: bash scripts/fetch-corpus.sh --held-only)");
   fs::create_directories(out, ec);
   if (ec) throw Error(out.string() + ": cannot create: " + ec.message());
+  // Read before any work, so that a corpus without facts fails at once.
+  const std::vector<eval::Fact> facts = eval::load_facts((corpus / "facts" / "held.tsv").string());
   const auto model = CepeModel::load(dir);
   if (!model->has_context_encoder()) throw Error(dir + ": the demo needs a CEPE model (with a context encoder)");
   const std::string tok_path = resolve_tokenizer_path(dir);
@@ -229,7 +231,6 @@ int cmd_demo(int argc, char** argv) {
   // ---- 4. A fact from deep inside a long document ----
   heading(4, "Reading a long document: a fact hidden in a held-out novel, asked for after it");
   {
-    const std::vector<eval::Fact> facts = eval::load_facts((corpus / "facts" / "held.tsv").string());
     const eval::Fact& fact = facts[facts.size() / 3];
     // The longest held-out book (Persuasion in the shipped corpus).
     fs::path longest;

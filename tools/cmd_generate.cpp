@@ -79,9 +79,7 @@ GenerateOptions options_from(const Args& args) {
   const long long seed = args.integer("--seed", 0, 0, std::numeric_limits<long long>::max());
   o.sampling.seed = static_cast<uint64_t>(seed);
   o.encode = encode_options(args);
-  const std::string mode = args.str("--cross-attn", "auto");
-  if (!parse_cross_attn_mode(mode, &o.decode.cross_attn))
-    throw Error("--cross-attn must be recompute, cached, absorbed or auto, not '" + mode + "'");
+  o.decode.cross_attn = cross_attn_option(args);
   return o;
 }
 

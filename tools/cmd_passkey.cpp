@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +16,7 @@
 #include "core/plot.h"
 #include "core/progress.h"
 #include "eval/retrieval.h"
+#include "context_input.h"
 #include "eval_input.h"
 #include "kernels/cpu/gemm.h"
 #include "train/token_file.h"
@@ -161,8 +161,7 @@ int cmd_passkey(int argc, char** argv) {
   o.trials = args.integer("--trials", 4, 1, 1 << 20);
   o.seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, std::numeric_limits<long long>::max()));
   o.with_task = args.has("--task");
-  if (args.has("--cross-attn") && !parse_cross_attn_mode(args.str("--cross-attn"), &o.decode.cross_attn))
-    throw Error("--cross-attn: unknown mode '" + args.str("--cross-attn") + "' (recompute, cached, absorbed, auto)");
+  o.decode.cross_attn = cross_attn_option(args);
   for (int64_t n : o.context_tokens) if (n < 64) throw Error("--context-tokens: each length must be at least 64");
   const auto model = CepeModel::load(dir);
   o.chunk_len = args.integer("--chunk-len", default_chunk_len(*model, default_decoder_tokens(*model)), 1, 1 << 20);

@@ -15,6 +15,7 @@
 #include "core/plot.h"
 #include "core/progress.h"
 #include "eval/perplexity.h"
+#include "context_input.h"
 #include "eval_input.h"
 #include "kernels/cpu/gemm.h"
 #include "train/token_file.h"
@@ -140,8 +141,7 @@ int cmd_perplexity(int argc, char** argv) {
   eval::PerplexityOptions o;
   o.protocols = eval::parse_protocols(args.str("--protocol", "cepe"));
   o.context_tokens = parse_int_list("--context-tokens", args.required("--context-tokens"));
-  if (args.has("--cross-attn") && !parse_cross_attn_mode(args.str("--cross-attn"), &o.decode.cross_attn))
-    throw Error("--cross-attn: unknown mode '" + args.str("--cross-attn") + "' (recompute, cached, absorbed, auto)");
+  o.decode.cross_attn = cross_attn_option(args);
   const auto model = CepeModel::load(dir);
   o.decoder_tokens = args.integer("--decoder-tokens", default_decoder_tokens(*model), 2, 1 << 24);
   o.eval_window = args.integer("--eval-window", std::min<int64_t>(256, o.decoder_tokens / 4), 1, 1 << 24);

@@ -63,4 +63,12 @@ EncodeOptions encode_options(const Args& args) {
   return o;
 }
 
+CrossAttnMode cross_attn_option(const Args& args) {
+  const std::string mode = args.str("--cross-attn", "auto");
+  CrossAttnMode m = CrossAttnMode::Auto;
+  if (!parse_cross_attn_mode(mode, &m))
+    throw Error("--cross-attn must be recompute, cached, absorbed or auto, not '" + mode + "'");
+  return m;
+}
+
 }  // namespace cepe::cli

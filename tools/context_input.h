@@ -22,5 +22,7 @@ ContextInputOptions context_input_options(const Args& args, const CepeModel& mod
 ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenizer& tok, const CepeModel& model);
 // --ctx-dtype and --batch-tokens.
 EncodeOptions encode_options(const Args& args);
+// --cross-attn recompute | cached | absorbed | auto (default auto).
+CrossAttnMode cross_attn_option(const Args& args);
 
 }  // namespace cepe::cli

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <numeric>
+#include <string_view>
 
 #include "cepe/error.h"
 #include "cepe/generate.h"
