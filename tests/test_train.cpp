@@ -416,6 +416,36 @@ TEST_F(TrainTest, ResumeAfterKill9ReproducesTheLossesExactly) {
             testing::read_text(fs::path(path("c")) / "checkpoint-40" / "model.safetensors"));
 }
 
+// A run whose tokenizer comes from its own resume checkpoint keeps writing it after keep_last has deleted that
+// checkpoint (the default model's warmup once died at its first checkpoint after a resume).
+TEST_F(TrainTest, ResumedRunKeepsItsTokenizerAfterTheSourceCheckpointIsPruned) {
+  write_tokens(path("train.tokens"), markov_docs(8, 200, 11));
+  write_tokens(path("held.tokens"), markov_docs(2, 200, 12));
+  json first = base("decoder", {{"config", decoder_config()}, {"seed", 1}, {"tokenizer", tiny_tokenizer()}},
+                    path("train.tokens"), path("held.tokens"));
+  first["output_dir"] = path("first");
+  first["steps"] = 2;
+  run(first);
+  const fs::path source = fs::path(path("first")) / "checkpoint-2";
+  ASSERT_TRUE(fs::exists(source / "tokenizer.model"));
+
+  json cfg = base("decoder", {{"checkpoint", source.string()}}, path("train.tokens"), path("held.tokens"));
+  cfg["output_dir"] = path("second");
+  cfg["steps"] = 12;
+  cfg["checkpoint"] = {{"every", 3}, {"keep_last", 1}};
+  train::TrainOptions opt;
+  opt.quiet = true;
+  opt.stop_after = 4;  // checkpoint-4 is the resume source; checkpoint-6 deletes it
+  train::run_training(train::parse_train_config(cfg, "test config"), opt);
+  opt.resume = true;
+  opt.stop_after = 0;
+  train::run_training(train::parse_train_config(cfg, "test config"), opt);
+  const fs::path last = fs::path(path("second")) / "checkpoint-12";
+  EXPECT_FALSE(fs::exists(fs::path(path("second")) / "checkpoint-4"));
+  ASSERT_TRUE(fs::exists(last / "tokenizer.model"));
+  EXPECT_EQ(testing::read_text(last / "tokenizer.model"), testing::read_text(tiny_tokenizer()));
+}
+
 TEST_F(TrainTest, BadConfigsEndInOneErrorAndOverwriteNothing) {
   write_tokens(path("train.tokens"), markov_docs(4, 300, 9));
   const json good = base("decoder", {{"config", decoder_config()}}, path("train.tokens"), path("train.tokens"));

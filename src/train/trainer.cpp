@@ -552,6 +552,13 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   }
   check_data_fits_model(c, c.data.train, *model, tokenizer);
   check_data_fits_model(c, c.data.eval, *model, tokenizer);
+  // Held in memory: after a resume the source is a checkpoint of this run, which keep_last may delete.
+  std::string tokenizer_bytes;
+  if (!tokenizer.empty()) {
+    std::ifstream in(tokenizer, std::ios::binary);
+    tokenizer_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof()) throw Error("cannot read tokenizer model '" + tokenizer + "'");
+  }
   Sampler train_data(make_sampler_config(c, true, world, rank, c.batch_size));
   const int64_t eval_batch = c.eval_batch_size > 0 ? c.eval_batch_size : c.batch_size;
   std::optional<Sampler> eval_data;
@@ -633,7 +640,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
       fs::remove_all(tmp, ec);
       model->save(tmp.string());
       adam.save_state((tmp / "optimizer.safetensors").string());
-      if (!tokenizer.empty()) fs::copy_file(tokenizer, tmp / "tokenizer.model", fs::copy_options::overwrite_existing);
+      if (!tokenizer.empty()) write_text_atomic((tmp / "tokenizer.model").string(), tokenizer_bytes);
       write_text_atomic((tmp / "train_config.json").string(), c.raw.dump(2) + "\n");
       json st;
       st["format"] = "cepe.trainer";
