@@ -10,7 +10,7 @@
 #   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
 #   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data, decoder frozen,
 #              2048 context tokens (8x the window)
-#   cepe-long  the same at 8192 context tokens (32x the window), briefly: reading 64 chunks as well as 16
+#   cepe-long  the same at 16384 context tokens (64x the window), briefly: reading 128 chunks as well as 16
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
@@ -70,12 +70,12 @@ timed() {  # timed NAME COMMAND...: runs it and appends "NAME<TAB>seconds" to ti
 }
 
 synth() {
-  # Retrieval documents for the CEPE stages: 2048 (8192) context + 256 decoder tokens (the stages' shapes), filler
+  # Retrieval documents for the CEPE stages: 2048 (16384) context + 256 decoder tokens (the stages' shapes), filler
   # from the training text, facts from the training facts only (facts/held.tsv is for evaluation).
   [ -f data/synth.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
     --facts "$CORPUS/facts/train.tsv" --context-tokens 2048 --decoder-tokens 256 -n 4000 --seed 5 -o data/synth.tokens
-  [ -f data/synth-long.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
-    --facts "$CORPUS/facts/train.tsv" --context-tokens 8192 --decoder-tokens 256 -n 1000 --seed 6 -o data/synth-long.tokens
+  [ -f data/synth-16k.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
+    --facts "$CORPUS/facts/train.tsv" --context-tokens 16384 --decoder-tokens 256 -n 800 --seed 6 -o data/synth-16k.tokens
 }
 
 export_model() {
