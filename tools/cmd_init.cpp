@@ -5,8 +5,6 @@
 #include <cstdio>
 #include <limits>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +14,7 @@
 #include "core/atomic_file.h"
 #include "core/json_file.h"
 #include "core/progress.h"
+#include "core/read_file.h"
 #include "kernels/cpu/gemm.h"
 #include "model/presets.h"
 #include "model/random_init.h"
@@ -74,14 +73,6 @@ int list_presets() {
   return 0;
 }
 
-std::string read_binary(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 int cmd_init(int argc, char** argv) {
@@ -131,7 +122,7 @@ int cmd_init(int argc, char** argv) {
     if (tok.vocab_size() > vocab)
       throw Error(tp + ": the tokenizer has " + std::to_string(tok.vocab_size()) + " tokens, more than the model's vocab_size " +
                   std::to_string(vocab));
-    tokenizer_bytes = read_binary(tp);
+    tokenizer_bytes = read_file(tp);
   }
 
   const std::vector<InitTensor> tensors = checkpoint_tensors(cfg);

@@ -1,24 +1,10 @@
 #include "context_input.h"
 
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-
 #include "cepe/context.h"
+#include "core/read_file.h"
 #include "eval_input.h"
 
 namespace cepe::cli {
-
-namespace {
-std::string read_context_file(const std::string& path) {
-  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path)) throw Error("not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open context file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-}  // namespace
 
 ContextInputOptions context_input_options(const Args& args, const CepeModel& model) {
   ContextInputOptions o;
@@ -33,8 +19,9 @@ ContextInputOptions context_input_options(const Args& args, const CepeModel& mod
 ContextChunks chunk_context_inputs(const ContextInputOptions& in, const Tokenizer& tok, const CepeModel& model) {
   std::vector<std::vector<int32_t>> docs;
   for (const std::string& f : in.files) {
+    const std::string text = read_file(f);
     try {
-      docs.push_back(tok.encode(read_context_file(f), /*add_bos=*/false));
+      docs.push_back(tok.encode(text, /*add_bos=*/false));
     } catch (const Error& e) {
       throw Error(f + ": " + e.what());
     }

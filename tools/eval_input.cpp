@@ -4,10 +4,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "cepe/error.h"
+#include "core/read_file.h"
 #include "train/token_file.h"
 
 namespace cepe::cli {
@@ -15,12 +15,9 @@ namespace cepe::cli {
 namespace {
 
 std::vector<int32_t> text_document(const std::string& path, const Tokenizer& tok) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
+  const std::string text = read_file(path);
   try {
-    return tok.encode(s.str(), true);
+    return tok.encode(text, true);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }

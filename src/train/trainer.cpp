@@ -16,6 +16,7 @@
 #include "core/json_file.h"
 #include "core/plot.h"
 #include "core/progress.h"
+#include "core/read_file.h"
 #include "model/gradients.h"
 #include "model/model_impl.h"
 #include "train/assemble.h"
@@ -553,12 +554,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
   check_data_fits_model(c, c.data.train, *model, tokenizer);
   check_data_fits_model(c, c.data.eval, *model, tokenizer);
   // Held in memory: after a resume the source is a checkpoint of this run, which keep_last may delete.
-  std::string tokenizer_bytes;
-  if (!tokenizer.empty()) {
-    std::ifstream in(tokenizer, std::ios::binary);
-    tokenizer_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    if (!in.good() && !in.eof()) throw Error("cannot read tokenizer model '" + tokenizer + "'");
-  }
+  const std::string tokenizer_bytes = tokenizer.empty() ? std::string() : read_file(tokenizer);
   Sampler train_data(make_sampler_config(c, true, world, rank, c.batch_size));
   const int64_t eval_batch = c.eval_batch_size > 0 ? c.eval_batch_size : c.batch_size;
   std::optional<Sampler> eval_data;
