@@ -73,9 +73,9 @@ synth() {
   # Retrieval documents for the CEPE stages: 2048 (16384) context + 256 decoder tokens (the stages' shapes), filler
   # from the training text, facts from the training facts only (facts/held.tsv is for evaluation).
   [ -f data/synth.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
-    --facts "$CORPUS/facts/train.tsv" --context-tokens 2048 --decoder-tokens 256 -n 4000 --seed 5 -o data/synth.tokens
+    --facts "$CORPUS/facts/train.tsv" --context-tokens 2048 --decoder-tokens 256 --max-numbers 4 -n 4000 --seed 5 -o data/synth.tokens
   [ -f data/synth-16k.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
-    --facts "$CORPUS/facts/train.tsv" --context-tokens 16384 --decoder-tokens 256 -n 800 --seed 6 -o data/synth-16k.tokens
+    --facts "$CORPUS/facts/train.tsv" --context-tokens 16384 --decoder-tokens 256 --max-numbers 4 -n 800 --seed 6 -o data/synth-16k.tokens
 }
 
 export_model() {

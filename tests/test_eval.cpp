@@ -296,7 +296,8 @@ TEST_F(EvalRetrieval, SynthDocumentsHaveTheExactShapeAndAskWhatTheContextHolds) 
   o.context_len = 400;
   o.decoder_len = 96;
   o.max_facts = 3;
-  int bos_first = 0, with_key = 0;
+  o.max_numbers = 2;
+  int bos_first = 0, with_key = 0, numbers = 0;
   for (uint64_t i = 0; i < 40; ++i) {
     CaseRng rng(7, i);
     const auto d = make_synth_document(*tok_, f, facts, o, rng);
@@ -312,6 +313,16 @@ TEST_F(EvalRetrieval, SynthDocumentsHaveTheExactShapeAndAskWhatTheContextHolds) 
       const std::string value = extract_answer(q.substr(at + ask.size()), false);
       EXPECT_NE(c.find("The capital of " + fact.key + " is " + value + "."), std::string::npos) << c;
     }
+    // Labelled pass keys too: "The pass key of Ghana is 48213."
+    for (const Fact& fact : facts) {
+      const std::string ask = "What is the pass key of " + fact.key + "? The pass key of " + fact.key + " is ";
+      const size_t at = q.find(ask);
+      if (at == std::string::npos) continue;
+      ++numbers;
+      const std::string value = extract_answer(q.substr(at + ask.size()), true);
+      EXPECT_EQ(value.size(), 5u);
+      EXPECT_NE(c.find("The pass key of " + fact.key + " is " + value + "."), std::string::npos) << c;
+    }
     const size_t k = q.find("The pass key is ");
     if (k != std::string::npos) {
       ++with_key;
@@ -322,6 +333,7 @@ TEST_F(EvalRetrieval, SynthDocumentsHaveTheExactShapeAndAskWhatTheContextHolds) 
   EXPECT_GT(bos_first, 5);
   EXPECT_LT(bos_first, 35);
   EXPECT_GT(with_key, 15);
+  EXPECT_GT(numbers, 10);
 }
 
 TEST_F(EvalRetrieval, FactsFilesAreCheckedLineByLine) {

@@ -258,12 +258,14 @@ const char* kSynthHelp =
     "      --decoder-tokens T    decoder tokens per document (default 256)\n"
     "      --p-passkey P         share of documents with a pass key (default 0.7)\n"
     "      --max-facts K         facts per document, 1..K (default 6; 0: none)\n"
+    "      --max-numbers K       labelled pass keys per document, 0..K (\"The pass key of <a fact's key> is\n"
+    "                            NNNNN.\"; default 0; needs --facts)\n"
     "      --seed S              document i depends only on (S, i) (default 0)\n";
 
 int data_synth(int argc, char** argv) {
   Args args(argc, argv,
             {{"--model", "-m"}, {"--filler"}, {"--facts"}, {"--output", "-o"}, {"--documents", "-n"},
-             {"--context-tokens"}, {"--decoder-tokens"}, {"--p-passkey"}, {"--max-facts"}, {"--seed"}},
+             {"--context-tokens"}, {"--decoder-tokens"}, {"--p-passkey"}, {"--max-facts"}, {"--max-numbers"}, {"--seed"}},
             {{"--help", "-h"}});
   if (args.has("--help")) {
     std::fputs(kSynthHelp, stdout);
@@ -282,6 +284,8 @@ int data_synth(int argc, char** argv) {
   o.p_passkey = args.number("--p-passkey", 0.7, 0, 1);
   o.max_facts = static_cast<int>(args.integer("--max-facts", facts.empty() ? 0 : 6, 0, 64));
   if (o.max_facts > 0 && facts.empty()) throw Error("--max-facts needs --facts");
+  o.max_numbers = static_cast<int>(args.integer("--max-numbers", 0, 0, 64));
+  if (o.max_numbers > 0 && facts.empty()) throw Error("--max-numbers needs --facts");
   const int64_t n = args.integer("--documents", 0, 1, int64_t{1} << 32);
   if (!args.has("--documents")) throw Error("missing required option --documents (-n)");
   const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, std::numeric_limits<long long>::max()));

@@ -182,6 +182,15 @@ std::vector<int32_t> make_synth_document(const Tokenizer& tok, std::span<const i
     needles.push_back({encode_text(tok, fact.statement()), rng.uniform()});
     asked.push_back(fact.question() + " " + fact.value + ".");
   }
+  const int n_numbers = facts.empty() || o.max_numbers <= 0 ? 0 : static_cast<int>(rng.below(o.max_numbers + 1));
+  for (int k = 0; k < n_numbers; ++k) {
+    const Fact number{"pass key", facts[static_cast<size_t>(rng.below(static_cast<int64_t>(facts.size())))].key,
+                      random_passkey(rng)};
+    if (std::find(keys_used.begin(), keys_used.end(), number.relation + "\t" + number.key) != keys_used.end()) continue;
+    keys_used.push_back(number.relation + "\t" + number.key);
+    needles.push_back({encode_text(tok, number.statement()), rng.uniform()});
+    asked.push_back(number.question() + " " + number.value + ".");
+  }
 
   std::vector<int32_t> doc;
   doc.reserve(static_cast<size_t>(o.context_len + o.decoder_len));

@@ -90,7 +90,9 @@ std::string extract_answer(const std::string& continuation, bool digits_only);
 // One synthetic training document for the CEPE stage: `context_len` encoder tokens + `decoder_len` decoder tokens.
 // The context is filler with a pass key (with probability `p_passkey`) and 1..max_facts facts inserted at random
 // depths (half the facts with a value swapped for another of the same relation, so that only the context can
-// answer); the decoder part asks for them, in random order: it either starts with BOS and the first question
+// answer), and 0..max_numbers labelled pass keys ("The pass key of <a fact's key> is NNNNN.", so that a document
+// copies several numbers out of its context: the plain pass key's answer is only 5 of its decoder tokens); the
+// decoder part asks for them, in random order: it either starts with BOS and the first question
 // (the way `cepe generate -p QUESTION` puts it) or continues the filler for a few tokens and then asks. What
 // remains of the decoder part is filler text again. `filler` is any token stream (e.g. a training token file);
 // the window used is drawn from it by `rng`.
@@ -98,6 +100,7 @@ struct SynthOptions {
   int64_t context_len = 2048, decoder_len = 256;
   double p_passkey = 0.7;
   int max_facts = 6;
+  int max_numbers = 0;        // labelled pass keys (their labels are the facts' keys)
   double p_task = 0.5;        // the passkey task description at the start of the context
   double p_bos_first = 0.5;   // the decoder part starts with BOS + the first question
   double p_swap_value = 0.5;  // a fact's value replaced by another of its relation
