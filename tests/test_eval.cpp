@@ -287,6 +287,20 @@ TEST_F(EvalRetrieval, PasskeyCasesAndAnswers) {
   EXPECT_EQ(k1, random_passkey(r2));
   EXPECT_EQ(k1.size(), 5u);
   EXPECT_NE(CaseRng(3, 9).next(), r3.next());
+  // Training keys: five digits, and about half of them with equal neighbours (vs 34% of uniform keys).
+  int repeats = 0;
+  for (uint64_t i = 0; i < 400; ++i) {
+    CaseRng r(11, i);
+    const std::string k = training_passkey(r);
+    ASSERT_EQ(k.size(), 5u);
+    ASSERT_NE(k[0], '0');
+    for (char c : k) ASSERT_TRUE(c >= '0' && c <= '9') << k;
+    bool equal_neighbours = false;
+    for (size_t j = 1; j < k.size(); ++j) equal_neighbours |= k[j] == k[j - 1];
+    repeats += equal_neighbours;
+  }
+  EXPECT_GT(repeats, 220);
+  EXPECT_LT(repeats, 320);
 }
 
 TEST_F(EvalRetrieval, SynthDocumentsHaveTheExactShapeAndAskWhatTheContextHolds) {

@@ -60,6 +60,16 @@ double CaseRng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53
 
 std::string random_passkey(CaseRng& rng) { return std::to_string(10000 + rng.below(90000)); }
 
+std::string training_passkey(CaseRng& rng) {
+  std::string key = random_passkey(rng);
+  if (rng.chance(0.5)) {
+    const int64_t at = 1 + rng.below(4);                              // digits at.. repeat digit at - 1
+    const int64_t run = 1 + rng.below(std::min<int64_t>(2, 5 - at));  // 1 or 2 of them
+    for (int64_t i = at; i < at + run; ++i) key[static_cast<size_t>(i)] = key[static_cast<size_t>(at - 1)];
+  }
+  return key;
+}
+
 namespace {
 
 bool ends_sentence(const Tokenizer& tok, int32_t id) {
@@ -160,7 +170,7 @@ std::vector<int32_t> make_synth_document(const Tokenizer& tok, std::span<const i
   std::vector<std::string> asked;
   const bool passkey = rng.chance(o.p_passkey);
   if (passkey) {
-    const std::string key = random_passkey(rng);
+    const std::string key = training_passkey(rng);
     needles.push_back({encode_text(tok, passkey_needle(key)), rng.uniform()});
     asked.push_back(std::string(kPasskeyQuestion) + " " + key + ".");
   }
@@ -185,7 +195,7 @@ std::vector<int32_t> make_synth_document(const Tokenizer& tok, std::span<const i
   const int n_numbers = facts.empty() || o.max_numbers <= 0 ? 0 : static_cast<int>(rng.below(o.max_numbers + 1));
   for (int k = 0; k < n_numbers; ++k) {
     const Fact number{"pass key", facts[static_cast<size_t>(rng.below(static_cast<int64_t>(facts.size())))].key,
-                      random_passkey(rng)};
+                      training_passkey(rng)};
     if (std::find(keys_used.begin(), keys_used.end(), number.relation + "\t" + number.key) != keys_used.end()) continue;
     keys_used.push_back(number.relation + "\t" + number.key);
     needles.push_back({encode_text(tok, number.statement()), rng.uniform()});

@@ -49,6 +49,10 @@ class CaseRng {
 
 // A random 5-digit pass key, 10000..99999.
 std::string random_passkey(CaseRng& rng);
+// A pass key for training data: half of them with a run of 2-3 equal digits (77759, 20733). Copying by "find the
+// digit I just wrote, emit the one after it" gets exactly these wrong (20733 -> 2073, 77759 -> 7777777), so the
+// retrieval data must hold many of them for the cross-attention to learn to copy by position instead.
+std::string training_passkey(CaseRng& rng);
 
 // Where a needle goes in `base` (the filler it is inserted into) for a depth in [0, 1]: the token index
 // round(depth * base.size()), moved back to the start of a sentence or line (after a token that ends with '.',
