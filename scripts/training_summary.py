@@ -5,6 +5,7 @@
                                               train loss (mean of the last 50 steps) and held-out evals
   training_summary.py --compare A.json B.json held-out perplexities (cepe perplexity --json) of two models, row by
                                               row; exit status 1 when any differs by more than 2%
+  training_summary.py --table TRAINING.json   the model card's stage table (Markdown) from a training record
 """
 import json
 import os
@@ -78,7 +79,40 @@ def compare(a_path, b_path):
     return 0 if worst <= 0.02 else 1
 
 
+WHAT = {
+    'decoder': 'causal LM on 256-token windows of the training text, all weights',
+    'mlm': 'masked LM (30%, 100% [MASK]) on 128-token windows; starts from the decoder\'s first 4 layers',
+    'warmup': 'the encoder reads a copy of the decoder\'s input; cross-attention + encoder trained, decoder frozen',
+    'cepe': 'preceding text (filtered), concatenated documents, retrieval data; cross-attention + encoder',
+    'cepe-long': 'the same at 64x the window, retrieval data of 16384-token contexts',
+}
+
+
+def table(path):
+    rec = json.load(open(path))
+    print('| stage | what | steps x batch | decoder / context tokens | lr | time | final train loss | held-out loss |')
+    print('|---|---|---|---|---|---|---|---|')
+    for name, r in rec['stages'].items():
+        ctx = '%d x %d' % (r['n_ctx'], r['ctx_len']) if r['n_ctx'] else '-'
+        held = '-'
+        if r['evals']:
+            e = r['evals'][-1]
+            held = '%.3f' % e['eval_loss']
+            if 'eval_loss_no_context' in e:
+                held += ' (%.3f without context)' % e['eval_loss_no_context']
+        print('| %s | %s | %d x %d | %s / %s | %g | %d min | %.3f | %s |' % (
+            name, WHAT.get(name, ''), r['steps'], r['batch_size'], r['seq_len'], ctx, r['lr'],
+            round(r['training_seconds'] / 60), r['final_train_loss'], held))
+    total = rec.get('wall_seconds', {})
+    print()
+    print('Training time %d min on 2 cores; the whole run (corpus, tokenizer, tokens, retrieval data and training) %d min.'
+          % (round(rec['training_seconds'] / 60), round(sum(total.values()) / 60)))
+
+
 if __name__ == '__main__':
+    if len(sys.argv) == 3 and sys.argv[1] == '--table':
+        table(sys.argv[2])
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[1] == '--compare':
         sys.exit(compare(sys.argv[2], sys.argv[3]))
     if len(sys.argv) == 3:
