@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'cepe-long']
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'retrieval']
 
 
 def stage_record(work, cfg_dir, name):
@@ -84,7 +84,7 @@ WHAT = {
     'mlm': 'masked LM (30%, 100% [MASK]) on 128-token windows; starts from the decoder\'s first 4 layers',
     'warmup': 'the encoder reads a copy of the decoder\'s input; cross-attention + encoder trained, decoder frozen',
     'cepe': 'preceding text (filtered), concatenated documents, retrieval data; cross-attention + encoder',
-    'cepe-long': 'the same at 64x the window, retrieval data of 16384-token contexts',
+    'retrieval': 'the same with two thirds retrieval data (pass keys, facts, labelled keys)',
 }
 
 
