@@ -5,7 +5,7 @@
 #               (cepe passkey) and through text mode (cepe generate -c CASE.txt -p QUESTION), then the heat map
 #               over 1024..16384 tokens
 #   perplexity  held-out documents of the five domains: cepe, vanilla, streaming and replug on the same scored
-#               tokens, context 0..8192 (32x the window), 16 windows each; JSON + plot per domain
+#               tokens, context 0..8192 (32x the window), WINDOWS (default 16) windows each; JSON + plot per domain
 #   ooc         the same on text that is neither in the repository nor in the corpus: GNU info manuals that
 #               every Debian machine has (coreutils, gettext)
 #
@@ -31,7 +31,7 @@ done
 [ -x "$CEPE" ] || { echo "error: $CEPE not found (build first)" >&2; exit 1; }
 [ -d "$HELD/books" ] || { echo "error: $HELD/books not found (bash scripts/fetch-corpus.sh --held-only)" >&2; exit 1; }
 mkdir -p "$DIR"
-LENGTHS=0,256,512,1024,2048,4096,8192
+LENGTHS=0,256,512,1024,2048,4096,8192; WINDOWS=${WINDOWS:-16}
 PROTOCOLS=cepe,vanilla,streaming,replug
 
 passkey() {
@@ -45,7 +45,7 @@ perplexity() {
   local d
   for d in books science math code docs; do
     echo "== held-out $d"
-    "$CEPE" perplexity -m "$MODEL" -f "$HELD/$d" --protocol $PROTOCOLS --context-tokens $LENGTHS --max-windows 16 \
+    "$CEPE" perplexity -m "$MODEL" -f "$HELD/$d" --protocol $PROTOCOLS --context-tokens $LENGTHS --max-windows "$WINDOWS" \
       --json "$DIR/ppl-$d.json" --plot "$DIR/ppl-$d.png" | tee "$DIR/ppl-$d.txt"
   done
 }
@@ -58,7 +58,7 @@ ooc() {
     zcat "/usr/share/info/$m.info.gz" > "$DIR/ooc/$m.txt"
     echo "== out of corpus: $m.info"
     "$CEPE" perplexity -m "$MODEL" -f "$DIR/ooc/$m.txt" --protocol $PROTOCOLS --context-tokens $LENGTHS \
-      --max-windows 16 --json "$DIR/ooc-$m.json" --plot "$DIR/ooc-$m.png" | tee "$DIR/ooc-$m.txt"
+      --max-windows "$WINDOWS" --json "$DIR/ooc-$m.json" --plot "$DIR/ooc-$m.png" | tee "$DIR/ooc-$m.txt"
   done
 }
 

@@ -11,7 +11,9 @@
 #   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data, decoder frozen,
 #              2048 context tokens (8x the window)
 #   retrieval  the same with two thirds retrieval data: copying 5-digit keys exactly takes many more examples than
-#              the CEPE stage's share gives (8x the window in training; evaluated, like the paper, far beyond it)
+#              the CEPE stage's share gives
+#   cepe-long  the same at 16384 context tokens (64x the window), briefly: without it perplexity stops falling past
+#              the 2048 tokens the stages above read (docs/evaluation.md)
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
@@ -71,20 +73,22 @@ timed() {  # timed NAME COMMAND...: runs it and appends "NAME<TAB>seconds" to ti
 }
 
 synth() {
-  # Retrieval documents for the CEPE stages: 2048 context + 256 decoder tokens (the stages' shapes), filler
+  # Retrieval documents for the CEPE stages: 2048 (16384) context + 256 decoder tokens (the stages' shapes), filler
   # from the training text, facts from the training facts only (facts/held.tsv is for evaluation).
   [ -f data/synth.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
     --facts "$CORPUS/facts/train.tsv" --context-tokens 2048 --decoder-tokens 256 --max-numbers 4 -n 4000 --seed 5 -o data/synth.tokens
+  [ -f data/synth-16k.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
+    --facts "$CORPUS/facts/train.tsv" --context-tokens 16384 --decoder-tokens 256 --max-numbers 4 -n 800 --seed 6 -o data/synth-16k.tokens
 }
 
 export_model() {
-  local final; final=runs/retrieval/checkpoint-$(json "$CFG/retrieval.json" '["steps"]')
+  local final; final=runs/cepe-long/checkpoint-$(json "$CFG/cepe-long.json" '["steps"]')
   [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe stage first)" >&2; exit 1; }
   # Exported beside the runs, then copied file by file (each renamed into place), so that OUT's model card stays.
   "$CEPE" export -m "$final" -o export --dtype bf16 --decoder-window 256 --encoder-window 128
   mkdir -p "$OUT/plots"
   for f in config.json model.safetensors tokenizer.model; do cp export/$f "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"; done
-  for s in decoder mlm warmup cepe retrieval; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
+  for s in decoder mlm warmup cepe retrieval cepe-long; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
   python3 "$ROOT/scripts/training_summary.py" "$WORK" "$CFG" > "$OUT/training.json"
   log "export: $OUT ($(du -sh "$OUT" | cut -f1))"
 }
@@ -115,17 +119,17 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
 # what that run does.
 main() {
   local steps=("$@") s
-  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe retrieval export evaluate)
+  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long export evaluate)
   for s in "${steps[@]}"; do
     case $s in
       corpus) timed corpus corpus ;;
       tokenizer) timed tokenizer tokenizer ;;
       tokens) timed tokens tokens ;;
-      decoder | mlm | warmup | cepe | retrieval) stage "$s" ;;
+      decoder | mlm | warmup | cepe | retrieval | cepe-long) stage "$s" ;;
       synth) timed synth synth ;;
       export) export_model ;;
       evaluate) evaluate ;;
-      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe retrieval export evaluate)" >&2; exit 1 ;;
+      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long export evaluate)" >&2; exit 1 ;;
     esac
   done
 }

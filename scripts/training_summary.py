@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'retrieval']
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'retrieval', 'cepe-long']
 
 
 def stage_record(work, cfg_dir, name):
@@ -85,6 +85,7 @@ WHAT = {
     'warmup': 'the encoder reads a copy of the decoder\'s input; cross-attention + encoder trained, decoder frozen',
     'cepe': 'preceding text (filtered), concatenated documents, retrieval data; cross-attention + encoder',
     'retrieval': 'the same with two thirds retrieval data (pass keys, facts, labelled keys)',
+    'cepe-long': 'the same at 64x the window: retrieval data of 16384-token contexts',
 }
 
 
