@@ -308,14 +308,14 @@ TEST_F(EvalRetrieval, SynthDocumentsHaveTheExactShapeAndAskWhatTheContextHolds) 
   const std::vector<Fact> facts = {{"capital", "Ghana", "Accra"}, {"capital", "Peru", "Lima"}, {"capital", "Chad", "N'Djamena"}};
   SynthOptions o;
   o.context_len = 400;
-  o.decoder_len = 96;
+  o.decoder_len = 192;  // room for every question: a pass key, 3 facts, 2 labelled keys
   o.max_facts = 3;
   o.max_numbers = 2;
   int bos_first = 0, with_key = 0, numbers = 0;
   for (uint64_t i = 0; i < 40; ++i) {
     CaseRng rng(7, i);
     const auto d = make_synth_document(*tok_, f, facts, o, rng);
-    ASSERT_EQ(d.size(), 496u);
+    ASSERT_EQ(d.size(), 592u);
     const std::vector<int32_t> ctx(d.begin(), d.begin() + 400), dec(d.begin() + 400, d.end());
     const std::string c = tok_->decode(ctx), q = tok_->decode(dec);
     bos_first += dec[0] == tok_->bos_id();

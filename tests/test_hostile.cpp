@@ -405,10 +405,13 @@ TEST_F(Hostile, InterruptMidWriteRemovesTheTemporaryFile) {
 }
 
 TEST_F(Hostile, InterruptedEncodeLeavesNothing) {
-  // Long enough (~1 s of encoding) that the signal lands while it runs.
+  // Long enough (several seconds of encoding on a fast AVX-512 core; three copies were done in 0.4 s there) that
+  // the signal lands while it runs.
   const std::string gpl = read_text("/usr/share/common-licenses/GPL-3");
   ASSERT_FALSE(gpl.empty());
-  const std::string ctx = write("long.txt", gpl + gpl + gpl);
+  std::string text;
+  for (int i = 0; i < 16; ++i) text += gpl;
+  const std::string ctx = write("long.txt", text);
   for (const char* sig : {"INT", "TERM"}) {
     const RunResult r = run_cepe({"encode", "-m", kFixture.string(), "-c", ctx, "--chunk-len", "32", "-o", path("c.ctx")},
                                  {"timeout", "--preserve-status", "-s", sig, "0.4"});
