@@ -147,6 +147,15 @@ TEST_F(CliEval, SynthWritesRetrievalDocumentsOfTheStagesShape) {
                                    "--context-tokens", "100000", "-o", path("x.tokens")}),
                          {"filler"}));
   EXPECT_FALSE(fs::exists(path("x.tokens")));
+  // Labelled pass keys take their labels from the facts: without --facts, one clear error and no file.
+  EXPECT_TRUE(CleanError(run_cepe({"data", "synth", "-m", kFixture.string(), "--filler", path("c.tokens"), "-n", "2",
+                                   "--max-numbers", "3", "-o", path("x.tokens")}),
+                         {"--max-numbers needs --facts"}));
+  EXPECT_FALSE(fs::exists(path("x.tokens")));
+  ASSERT_TRUE(Succeeded(run_cepe({"data", "synth", "-m", kFixture.string(), "--filler", path("c.tokens"), "--facts",
+                                  path("facts.tsv"), "--max-numbers", "3", "--context-tokens", "256", "--decoder-tokens",
+                                  "64", "-n", "20", "-o", path("s3.tokens")})));
+  EXPECT_NE(read_text(path("s3.tokens")), read_text(path("s.tokens")));
 }
 
 TEST_F(CliEval, ExportConvertsTheWeightsAndRecordsTheWindows) {
