@@ -13,7 +13,7 @@
 #   retrieval  the same with two thirds retrieval data: copying 5-digit keys exactly takes many more examples than
 #              the CEPE stage's share gives
 #   cepe-long  the same at 16384 context tokens (64x the window), briefly: without it perplexity stops falling past
-#              the 2048 tokens the stages above read (docs/evaluation.md)
+#              the 2048 tokens the stages above read
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with

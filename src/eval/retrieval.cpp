@@ -174,32 +174,39 @@ std::vector<int32_t> make_synth_document(const Tokenizer& tok, std::span<const i
     needles.push_back({encode_text(tok, passkey_needle(key)), rng.uniform()});
     asked.push_back(std::string(kPasskeyQuestion) + " " + key + ".");
   }
-  const int n_facts = facts.empty() || o.max_facts <= 0 ? 0 : 1 + static_cast<int>(rng.below(o.max_facts));
+  // Each (relation, key) is asked about once; a statement goes into the context and its question into `asked`.
   std::vector<std::string> keys_used;
+  auto first_use = [&](const Fact& f) {
+    const std::string id = f.relation + "\t" + f.key;
+    if (std::find(keys_used.begin(), keys_used.end(), id) != keys_used.end()) return false;
+    keys_used.push_back(id);
+    return true;
+  };
+  auto hide = [&](const Fact& f) {
+    needles.push_back({encode_text(tok, f.statement()), rng.uniform()});
+    asked.push_back(f.question() + " " + f.value + ".");
+  };
+  auto any_fact = [&]() -> const Fact& { return facts[static_cast<size_t>(rng.below(static_cast<int64_t>(facts.size())))]; };
+  const int n_facts = facts.empty() || o.max_facts <= 0 ? 0 : 1 + static_cast<int>(rng.below(o.max_facts));
   for (int f = 0; f < n_facts; ++f) {
-    Fact fact = facts[static_cast<size_t>(rng.below(static_cast<int64_t>(facts.size())))];
-    if (std::find(keys_used.begin(), keys_used.end(), fact.relation + "\t" + fact.key) != keys_used.end()) continue;
-    keys_used.push_back(fact.relation + "\t" + fact.key);
+    Fact fact = any_fact();
+    if (!first_use(fact)) continue;
     if (rng.chance(o.p_swap_value)) {
       for (int tries = 0; tries < 32; ++tries) {
-        const Fact& other = facts[static_cast<size_t>(rng.below(static_cast<int64_t>(facts.size())))];
+        const Fact& other = any_fact();
         if (other.relation == fact.relation && other.value != fact.value) {
           fact.value = other.value;
           break;
         }
       }
     }
-    needles.push_back({encode_text(tok, fact.statement()), rng.uniform()});
-    asked.push_back(fact.question() + " " + fact.value + ".");
+    hide(fact);
   }
   const int n_numbers = facts.empty() || o.max_numbers <= 0 ? 0 : static_cast<int>(rng.below(o.max_numbers + 1));
   for (int k = 0; k < n_numbers; ++k) {
-    const Fact number{"pass key", facts[static_cast<size_t>(rng.below(static_cast<int64_t>(facts.size())))].key,
-                      training_passkey(rng)};
-    if (std::find(keys_used.begin(), keys_used.end(), number.relation + "\t" + number.key) != keys_used.end()) continue;
-    keys_used.push_back(number.relation + "\t" + number.key);
-    needles.push_back({encode_text(tok, number.statement()), rng.uniform()});
-    asked.push_back(number.question() + " " + number.value + ".");
+    const std::string& label = any_fact().key;
+    const Fact number{"pass key", label, training_passkey(rng)};
+    if (first_use(number)) hide(number);
   }
 
   std::vector<int32_t> doc;

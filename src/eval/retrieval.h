@@ -92,7 +92,8 @@ PasskeyCase make_passkey_case(const Tokenizer& tok, std::span<const int32_t> fil
 std::string extract_answer(const std::string& continuation, bool digits_only);
 
 // One synthetic training document for the CEPE stage: `context_len` encoder tokens + `decoder_len` decoder tokens.
-// The context is filler with a pass key (with probability `p_passkey`) and 1..max_facts facts inserted at random
+// The context is filler with a pass key (with probability `p_passkey`; keys from training_passkey, as are the
+// labelled ones below) and 1..max_facts facts inserted at random
 // depths (half the facts with a value swapped for another of the same relation, so that only the context can
 // answer), and 0..max_numbers labelled pass keys ("The pass key of <a fact's key> is NNNNN.", so that a document
 // copies several numbers out of its context: the plain pass key's answer is only 5 of its decoder tokens); the
