@@ -14,6 +14,8 @@
 #              the CEPE stage's share gives
 #   cepe-long  the same at 16384 context tokens (64x the window), briefly: without it perplexity stops falling past
 #              the 2048 tokens the stages above read
+#   cepe-long2 a second, gentler cycle at 16384 context tokens (lower learning rate, new samples): the first one
+#              leaves copy errors in long keys and perplexity still rising past 4096 tokens in some domains
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
@@ -82,13 +84,13 @@ synth() {
 }
 
 export_model() {
-  local final; final=runs/cepe-long/checkpoint-$(json "$CFG/cepe-long.json" '["steps"]')
+  local final; final=runs/cepe-long2/checkpoint-$(json "$CFG/cepe-long2.json" '["steps"]')
   [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe stage first)" >&2; exit 1; }
   # Exported beside the runs, then copied file by file (each renamed into place), so that OUT's model card stays.
   "$CEPE" export -m "$final" -o export --dtype bf16 --decoder-window 256 --encoder-window 128
   mkdir -p "$OUT/plots"
   for f in config.json model.safetensors tokenizer.model; do cp export/$f "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"; done
-  for s in decoder mlm warmup cepe retrieval cepe-long; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
+  for s in decoder mlm warmup cepe retrieval cepe-long cepe-long2; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
   python3 "$ROOT/scripts/training_summary.py" "$WORK" "$CFG" > "$OUT/training.json"
   log "export: $OUT ($(du -sh "$OUT" | cut -f1))"
 }
@@ -119,17 +121,17 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
 # what that run does.
 main() {
   local steps=("$@") s
-  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long export evaluate)
+  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long cepe-long2 export evaluate)
   for s in "${steps[@]}"; do
     case $s in
       corpus) timed corpus corpus ;;
       tokenizer) timed tokenizer tokenizer ;;
       tokens) timed tokens tokens ;;
-      decoder | mlm | warmup | cepe | retrieval | cepe-long) stage "$s" ;;
+      decoder | mlm | warmup | cepe | retrieval | cepe-long | cepe-long2) stage "$s" ;;
       synth) timed synth synth ;;
       export) export_model ;;
       evaluate) evaluate ;;
-      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long export evaluate)" >&2; exit 1 ;;
+      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long cepe-long2 export evaluate)" >&2; exit 1 ;;
     esac
   done
 }

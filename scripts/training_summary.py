@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'retrieval', 'cepe-long']
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'retrieval', 'cepe-long', 'cepe-long2']
 
 
 def stage_record(work, cfg_dir, name):
@@ -86,6 +86,7 @@ WHAT = {
     'cepe': 'preceding text (filtered), concatenated documents, retrieval data; cross-attention + encoder',
     'retrieval': 'the same with two thirds retrieval data (pass keys, facts, labelled keys)',
     'cepe-long': 'the same at 64x the window: retrieval data of 16384-token contexts',
+    'cepe-long2': 'a second cycle at 64x the window, lower learning rate, new samples',
 }
 
 
