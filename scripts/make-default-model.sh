@@ -8,14 +8,12 @@
 #   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
 #   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained)
 #   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
-#   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data, decoder frozen,
-#              2048 context tokens (8x the window)
-#   retrieval  the same with two thirds retrieval data: copying 5-digit keys exactly takes many more examples than
-#              the CEPE stage's share gives
-#   cepe-long  the same at 16384 context tokens (64x the window), briefly: without it perplexity stops falling past
-#              the 2048 tokens the stages above read
-#   cepe-long2 a second, gentler cycle at 16384 context tokens (lower learning rate, new samples): the first one
-#              leaves copy errors in long keys and perplexity still rising past 4096 tokens in some domains
+#   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data (half the samples:
+#              copying 5-digit keys exactly takes many examples), decoder frozen, 2048 context tokens (8x the window);
+#              the text samples keep a random number of the chunks nearest the decoder (min_context_chunks), so that
+#              one or two chunks of context help rather than hurt
+#   cepe-long  the same at 16384 context tokens (64x the window): without it perplexity stops falling past the 2048
+#              tokens the stage above reads, and pass keys that far are copied with errors
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
@@ -84,13 +82,13 @@ synth() {
 }
 
 export_model() {
-  local final; final=runs/cepe-long2/checkpoint-$(json "$CFG/cepe-long2.json" '["steps"]')
+  local final; final=runs/cepe-long/checkpoint-$(json "$CFG/cepe-long.json" '["steps"]')
   [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe stage first)" >&2; exit 1; }
   # Exported beside the runs, then copied file by file (each renamed into place), so that OUT's model card stays.
   "$CEPE" export -m "$final" -o export --dtype bf16 --decoder-window 256 --encoder-window 128
   mkdir -p "$OUT/plots"
   for f in config.json model.safetensors tokenizer.model; do cp export/$f "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"; done
-  for s in decoder mlm warmup cepe retrieval cepe-long cepe-long2; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
+  for s in decoder mlm warmup cepe cepe-long; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
   python3 "$ROOT/scripts/training_summary.py" "$WORK" "$CFG" > "$OUT/training.json"
   log "export: $OUT ($(du -sh "$OUT" | cut -f1))"
 }
@@ -121,17 +119,17 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
 # what that run does.
 main() {
   local steps=("$@") s
-  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long cepe-long2 export evaluate)
+  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe cepe-long export evaluate)
   for s in "${steps[@]}"; do
     case $s in
       corpus) timed corpus corpus ;;
       tokenizer) timed tokenizer tokenizer ;;
       tokens) timed tokens tokens ;;
-      decoder | mlm | warmup | cepe | retrieval | cepe-long | cepe-long2) stage "$s" ;;
+      decoder | mlm | warmup | cepe | cepe-long) stage "$s" ;;
       synth) timed synth synth ;;
       export) export_model ;;
       evaluate) evaluate ;;
-      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe retrieval cepe-long cepe-long2 export evaluate)" >&2; exit 1 ;;
+      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe cepe-long export evaluate)" >&2; exit 1 ;;
     esac
   done
 }

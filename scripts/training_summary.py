@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'retrieval', 'cepe-long', 'cepe-long2']
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'cepe-long']
 
 
 def stage_record(work, cfg_dir, name):
@@ -83,10 +83,8 @@ WHAT = {
     'decoder': 'causal LM on 256-token windows of the training text, all weights',
     'mlm': 'masked LM (30%, 100% [MASK]) on 128-token windows; starts from the decoder\'s first 4 layers',
     'warmup': 'the encoder reads a copy of the decoder\'s input; cross-attention + encoder trained, decoder frozen',
-    'cepe': 'preceding text (filtered), concatenated documents, retrieval data; cross-attention + encoder',
-    'retrieval': 'the same with two thirds retrieval data (pass keys, facts, labelled keys)',
-    'cepe-long': 'the same at 64x the window: retrieval data of 16384-token contexts',
-    'cepe-long2': 'a second cycle at 64x the window, lower learning rate, new samples',
+    'cepe': 'preceding text (filtered; 1-16 chunks), concatenated documents, half retrieval data; cross-attention + encoder',
+    'cepe-long': 'the same at 64x the window: text of 16384-token contexts (a quarter 1-128 chunks), retrieval data',
 }
 
 

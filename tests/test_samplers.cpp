@@ -9,6 +9,7 @@
 #include <numeric>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cepe/error.h"
@@ -424,6 +425,54 @@ TEST_F(SamplerTest, ContextMaskingProbabilities) {
   EXPECT_EQ(s.samples(0, 1).attention_mask, std::vector<uint8_t>(8, 1));
 }
 
+TEST_F(SamplerTest, MinContextChunksKeepsARandomNumberOfTheNearestChunks) {
+  // 16 chunks of 4, min_context_chunks 1: k = min(16, floor(17^u)) chunks nearest the decoder stay visible, the
+  // ones before them are masked whole. P(k = 1) = log 2 / log 17, P(2 <= k <= 3) = P(4..7) = P(8..15) the same,
+  // P(k = 16) = log(17/16) / log 17.
+  std::vector<int64_t> lengths(1, 64 * 3000);
+  const auto f = positional_file("long.tokens", lengths);
+  SamplerConfig c = one_stream(Layout::Concat, f, 8, 16, 4);
+  c.seed = 5;
+  c.streams[0].min_context_chunks = 1;
+  SamplerConfig plain = c;
+  plain.streams[0].min_context_chunks = 0;
+  const Sampler s(c), unmasked(plain);
+  std::map<int64_t, int64_t> kept;
+  const int64_t n = 2000;
+  for (int64_t i = 0; i < n; i += 50) {
+    const Batch b = s.samples(i, 50), u = unmasked.samples(i, 50);
+    ASSERT_EQ(b.encoder_input_ids, u.encoder_input_ids) << "the ids are left as they are";
+    ASSERT_EQ(b.input_ids, u.input_ids);
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const uint8_t* m = b.encoder_attention_mask.data() + r * 64;
+      int64_t zeros = 0;
+      while (zeros < 64 && m[zeros] == 0) ++zeros;
+      ASSERT_EQ(zeros % 4, 0) << "whole chunks only";
+      for (int64_t t = zeros; t < 64; ++t) ASSERT_EQ(m[t], 1) << "the masked chunks are the farthest ones";
+      ++kept[16 - zeros / 4];
+    }
+  }
+  ASSERT_GE(kept.begin()->first, 1);
+  ASSERT_LE(kept.rbegin()->first, 16);
+  auto share = [&](int64_t lo, int64_t hi) {
+    int64_t k = 0;
+    for (int64_t v = lo; v <= hi; ++v) k += kept.count(v) ? kept.at(v) : 0;
+    return static_cast<double>(k) / static_cast<double>(n);
+  };
+  const double doubling = std::log(2.0) / std::log(17.0), last = std::log(17.0 / 16.0) / std::log(17.0);
+  const std::pair<int64_t, int64_t> doublings[] = {{1, 1}, {2, 3}, {4, 7}, {8, 15}};
+  for (const auto& [lo, hi] : doublings)
+    EXPECT_NEAR(share(lo, hi), doubling, 4 * std::sqrt(doubling * (1 - doubling) / static_cast<double>(n))) << lo;
+  EXPECT_NEAR(share(16, 16), last, 4 * std::sqrt(last * (1 - last) / static_cast<double>(n)));
+  // A pure function of the sample index, like every other draw.
+  EXPECT_EQ(Sampler(c).samples(77, 3).encoder_attention_mask, s.samples(77, 3).encoder_attention_mask);
+  // Eval mode never masks.
+  SamplerConfig eval = c;
+  eval.shuffle = false;
+  const Batch e = Sampler(eval).samples(0, 4);
+  EXPECT_EQ(e.encoder_attention_mask, std::vector<uint8_t>(4 * 64, 1));
+}
+
 TEST_F(SamplerTest, BadConfigurationsAreClearErrors) {
   const auto f = standard();
   auto fails = [&](SamplerConfig c, const std::string& piece) {
@@ -447,6 +496,8 @@ TEST_F(SamplerTest, BadConfigurationsAreClearErrors) {
   fails(c, "rank 2 is outside world size 2");
   c = base, c.context_masking.mask_prob = 1.5;
   fails(c, "mask_prob and mask_seq_prob must be in [0, 1]");
+  c = base, c.streams[0].min_context_chunks = 3;
+  fails(c, "min_context_chunks 3 must be in [1, n_ctx = 2]");
   c = base, c.context_masking.mask_prob = 0.3, c.ctx_len = 1, c.n_ctx = 6;
   fails(c, "ctx_len >= 2");
   c = base, c.streams[0].prev_len = 5;

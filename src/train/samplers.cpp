@@ -23,7 +23,8 @@ inline uint64_t hash3(uint64_t a, uint64_t b, uint64_t c) { return hash2(hash2(a
 inline uint64_t hash4(uint64_t a, uint64_t b, uint64_t c, uint64_t d) { return hash2(hash3(a, b, c), d); }
 
 // Distinct purposes draw from unrelated sequences of the same seed.
-enum Tag : uint64_t { kTagMixture = 0x6d6978, kTagEpoch = 0x65706f, kTagMlm = 0x6d6c6d, kTagContextMask = 0x63746d };
+enum Tag : uint64_t { kTagMixture = 0x6d6978, kTagEpoch = 0x65706f, kTagMlm = 0x6d6c6d, kTagContextMask = 0x63746d,
+                   kTagContextLength = 0x63746c };
 
 // A small counter-based generator for the draws inside one sample.
 class Rng {
@@ -137,6 +138,12 @@ Sampler::Sampler(SamplerConfig config) : cfg_(std::move(config)) {
             });
     }
     check(std::isfinite(s.weight) && s.weight >= 0, "data: " + label + " has a negative or non-finite weight");
+    check(s.min_context_chunks == 0 || (layout_has_encoder(s.layout) && s.min_context_chunks > 0 &&
+                                        s.min_context_chunks <= c.n_ctx),
+          [&] {
+            return "data: " + label + ": min_context_chunks " + std::to_string(s.min_context_chunks) +
+                   " must be in [1, n_ctx = " + std::to_string(c.n_ctx) + "] (0 = every chunk), for a layout with an encoder";
+          });
   }
   if (encoder) {
     check(c.n_ctx > 0 && c.ctx_len > 0, "data: layouts with an encoder need n_ctx > 0 and ctx_len > 0");
@@ -308,6 +315,13 @@ void Sampler::fill_row(Batch& b, int64_t row, int64_t global_index) const {
   std::copy(enc, enc + E, b.encoder_input_ids.begin() + row * E);
   uint8_t* mask = b.encoder_attention_mask.data() + row * E;
   std::fill(mask, mask + E, uint8_t{1});
+  if (cfg_.shuffle && st.cfg.min_context_chunks > 0) {
+    Rng rng(hash3(cfg_.seed, kTagContextLength, static_cast<uint64_t>(global_index)));
+    const auto m = static_cast<double>(st.cfg.min_context_chunks), n = static_cast<double>(cfg_.n_ctx);
+    const auto kept = std::clamp(static_cast<int64_t>(std::floor(m * std::pow((n + 1) / m, rng.uniform()))),
+                                 st.cfg.min_context_chunks, cfg_.n_ctx);
+    std::fill(mask, mask + (cfg_.n_ctx - kept) * cfg_.ctx_len, uint8_t{0});
+  }
   const ContextMasking& cm = cfg_.context_masking;
   if (cfg_.shuffle && cm.mask_prob > 0) {
     Rng rng(hash3(cfg_.seed, kTagContextMask, static_cast<uint64_t>(global_index)));

@@ -29,7 +29,8 @@
 // sizes). Context masking (data.py mask_prob / mask_seq_prob; train mode only): per chunk u ~ U(0, 1):
 // u < mask_prob·mask_seq_prob → the whole chunk's encoder_attention_mask is 0; else u < mask_prob → the mask of its
 // last n ~ U{1 .. ctx_len − 1} tokens is 0 (numpy randint(1, ctx_len)). The ids are left as they are: "masked" is
-// the attention mask.
+// the attention mask. Per stream, min_context_chunks (train mode only) masks all but a random number of the chunks
+// nearest the decoder, before the context masking above.
 //
 // The contract (what a checkpoint and data parallelism rely on):
 //   - A sample is a pure function of (config, global sample index i): which stream, which window, the MLM
@@ -65,6 +66,11 @@ struct StreamConfig {
   std::vector<std::shared_ptr<const TokenFile>> files;
   double weight = 0;                                 // mixture weight; all 0 = proportional to window counts
   int64_t prev_len = -1, window_len = -1, stride = -1;  // -1: the defaults above
+  // Train mode, > 0: each sample keeps only its k encoder chunks nearest the decoder (the others' attention mask is
+  // 0), k = min(n_ctx, floor(m·((n_ctx + 1)/m)^u)), u ~ U(0, 1): log-uniform over [m, n_ctx], so that every doubling
+  // of the context an evaluation scores at (256, 512, ... tokens) gets about an equal share of training. A model trained at one n_ctx only
+  // is worse with one or two chunks of context than with none.
+  int64_t min_context_chunks = 0;
 };
 
 struct ContextMasking {

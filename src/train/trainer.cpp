@@ -140,6 +140,7 @@ std::vector<StreamSpec> parse_streams(Obj& data, const std::string& key) {
     st.prev_len = s.integer("prev_len", -1, -1, int64_t{1} << 40);
     st.window_len = s.integer("window_len", -1, -1, int64_t{1} << 40);
     st.stride = s.integer("stride", -1, -1, int64_t{1} << 40);
+    st.min_context_chunks = s.integer("min_context_chunks", 0, 0, 1 << 20);
     s.done();
     out.push_back(std::move(st));
   }
@@ -404,6 +405,7 @@ SamplerConfig make_sampler_config(const TrainConfig& c, bool train, int world, i
     sc.prev_len = st.prev_len;
     sc.window_len = st.window_len;
     sc.stride = st.stride;
+    sc.min_context_chunks = st.min_context_chunks;
     s.streams.push_back(std::move(sc));
   }
   s.seq_len = c.data.seq_len;

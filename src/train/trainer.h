@@ -25,6 +25,7 @@ struct StreamSpec {
   std::vector<std::string> files;
   double weight = 0;
   int64_t prev_len = -1, window_len = -1, stride = -1;
+  int64_t min_context_chunks = 0;
 };
 
 struct TrainConfig {
