@@ -67,9 +67,9 @@ struct StreamConfig {
   double weight = 0;                                 // mixture weight; all 0 = proportional to window counts
   int64_t prev_len = -1, window_len = -1, stride = -1;  // -1: the defaults above
   // Train mode, > 0: each sample keeps only its k encoder chunks nearest the decoder (the others' attention mask is
-  // 0), k = min(n_ctx, floor(m·((n_ctx + 1)/m)^u)), u ~ U(0, 1): log-uniform over [m, n_ctx], so that every doubling
-  // of the context an evaluation scores at (256, 512, ... tokens) gets about an equal share of training. A model trained at one n_ctx only
-  // is worse with one or two chunks of context than with none.
+  // 0), k = min(n_ctx, floor(m·((n_ctx + 1)/m)^u)), u ~ U(0, 1): log-uniform over [m, n_ctx], so that every
+  // doubling of the context an evaluation scores at (256, 512, ... tokens) gets about an equal share of training.
+  // A model trained at one n_ctx only is worse with one or two chunks of context than with none.
   int64_t min_context_chunks = 0;
 };
 
