@@ -10,8 +10,8 @@
 #   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
 #   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data (half the samples:
 #              copying 5-digit keys exactly takes many examples), decoder frozen, 2048 context tokens (8x the window);
-#              the text samples keep a random number of the chunks nearest the decoder (min_context_chunks), so that
-#              the model also learns from one or two chunks of context, which it otherwise never sees
+#              half of the preceding-text samples keep a random number of the chunks nearest the decoder
+#              (min_context_chunks), so that the model also learns from one or two chunks of context
 #   cepe-long  the same at 16384 context tokens (64x the window): without it perplexity stops falling past the 2048
 #              tokens the stage above reads, and pass keys that far are copied with errors
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
