@@ -4,10 +4,15 @@
 #   corpus     scripts/fetch-corpus.sh: five domains of Debian package text, train / held-out by whole documents
 #   tokenizer  a 4096-piece BPE (Debian's spm_train; LLaMA's options, plus a [MASK] control piece)
 #   tokens     cepe data tokenize: train.tokens, held.tokens (held-out documents: evaluation only, never trained on)
-#   decoder    a 6-layer LLaMA decoder pretrained on a 256-token window
-#   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
-#   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained)
 #   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
+#   decoder    a 6-layer LLaMA decoder pretrained on a 256-token window; 15% of its windows come from the retrieval
+#              data, where a key follows its own copy ("The pass key is K. Remember it. K is the pass key."): plain
+#              text rarely makes one digit predictable from another, and a decoder trained on it alone ends with
+#              near-identical output rows for the digits (cosine 0.8-0.9), which CEPE cannot separate with the decoder
+#              frozen (the v5 model answered 7 as 8 in most of its misses)
+#   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
+#   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained);
+#              the same 15% of retrieval windows, so that the copy it teaches includes digits
 #   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data (half the samples:
 #              copying 5-digit keys exactly takes many examples), decoder frozen, 2048 context tokens (8x the window);
 #              half of the preceding-text samples keep a random number of the chunks nearest the decoder
@@ -119,7 +124,7 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
 # what that run does.
 main() {
   local steps=("$@") s
-  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens decoder mlm warmup synth cepe cepe-long export evaluate)
+  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens synth decoder mlm warmup cepe cepe-long export evaluate)
   for s in "${steps[@]}"; do
     case $s in
       corpus) timed corpus corpus ;;

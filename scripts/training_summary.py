@@ -80,9 +80,9 @@ def compare(a_path, b_path):
 
 
 WHAT = {
-    'decoder': 'causal LM on 256-token windows of the training text, all weights',
+    'decoder': 'causal LM on 256-token windows of the training text (15% from the retrieval data), all weights',
     'mlm': 'masked LM (30%, 100% [MASK]) on 128-token windows; starts from the decoder\'s first 4 layers',
-    'warmup': 'the encoder reads a copy of the decoder\'s input; cross-attention + encoder trained, decoder frozen',
+    'warmup': 'the encoder reads a copy of the decoder\'s input (15% retrieval data); cross-attention + encoder trained, decoder frozen',
     'cepe': 'preceding text (filtered; half of it 1-16 chunks), concatenated documents, half retrieval data; cross-attention + encoder',
     'cepe-long': 'the same at 64x the window: text of 16384-token contexts (a quarter 1-128 chunks), retrieval data',
 }
