@@ -6,10 +6,9 @@
 #   tokens     cepe data tokenize: train.tokens, held.tokens (held-out documents: evaluation only, never trained on)
 #   synth      retrieval data: passkeys and key-value facts hidden in long training text (cepe data synth)
 #   decoder    a 6-layer LLaMA decoder pretrained on a 256-token window; 15% of its windows come from the retrieval
-#              data, where a key follows its own copy ("The pass key is K. Remember it. K is the pass key."): plain
-#              text rarely makes one digit predictable from another, and a decoder trained on it alone ends with
-#              near-identical output rows for the digits (cosine 0.8-0.9), which CEPE cannot separate with the decoder
-#              frozen (the v5 model answered 7 as 8 in most of its misses)
+#              data, for digits that follow from the window ("The pass key is K. Remember it. K is the pass key.").
+#              Measured: this alone does not teach the decoder to copy in its window, and its output rows for the
+#              digits stay near-parallel (cosine ~0.75), the cause of the pass-key misses (7 read as 8)
 #   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
 #   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained);
 #              the same 15% of retrieval windows, so that the copy it teaches includes digits
@@ -78,7 +77,7 @@ timed() {  # timed NAME COMMAND...: runs it and appends "NAME<TAB>seconds" to ti
 }
 
 synth() {
-  # Retrieval documents for the CEPE stages: 2048 (16384) context + 256 decoder tokens (the stages' shapes), filler
+  # Retrieval documents for the decoder, warmup and CEPE stages: 2048 (16384) context + 256 decoder tokens, filler
   # from the training text, facts from the training facts only (facts/held.tsv is for evaluation).
   [ -f data/synth.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
     --facts "$CORPUS/facts/train.tsv" --context-tokens 2048 --decoder-tokens 256 --max-numbers 4 -n 4000 --seed 5 -o data/synth.tokens
