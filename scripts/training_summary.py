@@ -80,7 +80,7 @@ def compare(a_path, b_path):
 
 
 WHAT = {
-    'decoder': 'causal LM on 256-token windows of the training text (15% from the retrieval data), all weights',
+    'decoder': 'causal LM on 256-token windows: training text, 25% retrieval documents of one window (needle, then its question), all weights',
     'mlm': 'masked LM (30%, 100% [MASK]) on 128-token windows; starts from the decoder\'s first 4 layers',
     'warmup': 'the encoder reads a copy of the decoder\'s input (15% retrieval data); cross-attention + encoder trained, decoder frozen',
     'cepe': 'preceding text (filtered; half of it 1-16 chunks), concatenated documents, half retrieval data; cross-attention + encoder',
