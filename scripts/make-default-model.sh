@@ -8,10 +8,11 @@
 #   decoder    a 6-layer LLaMA decoder pretrained on a 256-token window; 25% of its windows are retrieval documents
 #              of one window each (data/synth-short.tokens: a needle, then its question). Measured: it still does
 #              not copy a key from its own window (no induction circuit in 1400 steps), but the model it leads to
-#              retrieves twice as often as with 15% of long retrieval windows (pass keys 80% / 45% at 4k / 16k)
+#              retrieves more often than with 15% of long retrieval windows (pass keys 80% / 45% at 4k / 16k tokens,
+#              against 40% / 30%)
 #   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
 #   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained);
-#              the same 15% of retrieval windows, so that the copy it teaches includes digits
+#              15% of its windows from the retrieval data (synth.tokens), so that the copy it teaches includes digits
 #   cepe       the standard CEPE stage: preceding text of long documents + the retrieval data (half the samples:
 #              copying 5-digit keys exactly takes many examples), decoder frozen, 2048 context tokens (8x the window);
 #              half of the preceding-text samples keep a random number of the chunks nearest the decoder
@@ -77,7 +78,7 @@ timed() {  # timed NAME COMMAND...: runs it and appends "NAME<TAB>seconds" to ti
 }
 
 synth() {
-  # Retrieval documents for the decoder, warmup and CEPE stages: 2048 (16384) context + 256 decoder tokens, filler
+  # Retrieval documents for the warmup and CEPE stages: 2048 (16384) context + 256 decoder tokens, filler
   # from the training text, facts from the training facts only (facts/held.tsv is for evaluation).
   [ -f data/synth.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
     --facts "$CORPUS/facts/train.tsv" --context-tokens 2048 --decoder-tokens 256 --max-numbers 4 -n 4000 --seed 5 -o data/synth.tokens
