@@ -39,9 +39,10 @@ while IFS=$'\t' read -r file question key length depth; do
   answer=$(printf '%s' "${out#"$question"}" | head -1 | sed -E 's/^ *([0-9]*).*/\1/')
   ok=0; [ "$answer" = "$key" ] && ok=1
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$length" "$depth" "$key" "$answer" "$ok" "$file" >> "$DIR/generate.tsv"
-  printf '\rpasskey-generate: %d/%d cases' "$i" "$total" >&2
+  # A terminal gets one line rewritten in place; a log gets plain lines.
+  if [ -t 2 ]; then printf '\rpasskey-generate: %d/%d cases' "$i" "$total" >&2; else echo "passkey-generate: $i/$total cases" >&2; fi
 done < "$DIR/cases/cases.tsv"
-echo >&2
+[ -t 2 ] && echo >&2
 echo "cepe passkey (the same cases, in-process):"
 cat "$DIR/passkey.txt"
 echo "cepe generate -c CASE.txt -p \"What is the pass key? The pass key is\" (text mode):"
