@@ -8,8 +8,8 @@
 #   decoder    a 6-layer LLaMA decoder pretrained on a 256-token window; 25% of its windows are retrieval documents
 #              of one window each (data/synth-short.tokens: a needle, then its question). Measured: it still does
 #              not copy a key from its own window (no induction circuit in 1400 steps), but the model it leads to
-#              retrieves more often than with 15% of long retrieval windows (pass keys 80% / 45% at 4k / 16k tokens,
-#              against 40% / 30%)
+#              retrieves more often than with 15% of long retrieval windows (recipe v8 against v7, the later stages
+#              as then: pass keys 80% / 45% at 4k / 16k tokens, against 40% / 30%)
 #   mlm        a 4-layer bidirectional MLM encoder, started from the decoder's first 4 layers
 #   warmup     CEPE warmup: the encoder reads a copy of the decoder's input (cross-attention + encoder trained);
 #              15% of its windows from the retrieval data (synth.tokens), so that the copy it teaches includes digits

@@ -42,7 +42,7 @@ while IFS=$'\t' read -r file question key length depth; do
   # A terminal gets one line rewritten in place; a log gets plain lines.
   if [ -t 2 ]; then printf '\rpasskey-generate: %d/%d cases' "$i" "$total" >&2; else echo "passkey-generate: $i/$total cases" >&2; fi
 done < "$DIR/cases/cases.tsv"
-[ -t 2 ] && echo >&2
+if [ -t 2 ]; then echo >&2; fi
 echo "cepe passkey (the same cases, in-process):"
 cat "$DIR/passkey.txt"
 echo "cepe generate -c CASE.txt -p \"What is the pass key? The pass key is\" (text mode):"
