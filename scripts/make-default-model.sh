@@ -18,10 +18,11 @@
 #              half of the preceding-text samples keep a random number of the chunks nearest the decoder
 #              (min_context_chunks), so that the model also learns from one or two chunks of context
 #   cepe-long  the same at 16384 context tokens (64x the window): without it perplexity stops falling past the 2048
-#              tokens the stage above reads, and pass keys that far are copied with errors. Measured (recipe v10,
-#              cepe 600 + cepe-long 400 steps, against v8's 300 + 100): pass keys 95% / 70% at 4k / 16k tokens
-#              (v8 80% / 45%); after the cepe stage alone only keys at depth 0 are copied whole (first digits
-#              right, the rest drift), so it is the 16k stage's steps that teach copying from any depth
+#              tokens the stage above reads, and pass keys that far are copied with errors. Measured (recipe v11,
+#              cepe 600 + cepe-long 800 steps): pass keys 95% / 85% at 4k / 16k tokens; at 16k, cepe-long's
+#              100 / 200 / 400 / 800 steps give 45% / 55% / 70% / 85%. After the cepe stage alone only keys at
+#              depth 0 are copied whole (first digits right, the rest drift): it is the 16k stage's steps that
+#              teach copying from any depth
 #   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
