@@ -84,7 +84,7 @@ WHAT = {
     'mlm': 'masked LM (30%, 100% [MASK]) on 128-token windows; starts from the decoder\'s first 4 layers',
     'warmup': 'the encoder reads a copy of the decoder\'s input (15% retrieval data); cross-attention + encoder trained, decoder frozen',
     'cepe': 'preceding text (filtered; half of it 1-16 chunks), concatenated documents, half retrieval data; cross-attention + encoder',
-    'cepe-long': 'the same at 64x the window: text of 16384-token contexts (a quarter 1-128 chunks), retrieval data',
+    'cepe-long': 'the same at 64x the window (16384-token contexts, a quarter of the text 1-128 chunks); cross-attention only, the encoder frozen',
 }
 
 
