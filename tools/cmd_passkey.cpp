@@ -113,7 +113,7 @@ void plot_passkey(const std::string& path, const std::vector<eval::PasskeyResult
   c.heatmap.label_scale = 100;
   plot::Figure fig;
   fig.title = title;
-  // Wide enough for the longer title line too (about 14 px a character, centred over the chart), so that neither is clipped.
+  // Wide enough for the longer title line (about 14 px a character, centred over the chart): neither is clipped.
   const size_t title_chars = std::max(fig.title.size(), c.title.size());
   fig.width = std::max<int>({640, 150 + 110 * static_cast<int>(o.context_tokens.size()), 60 + 14 * static_cast<int>(title_chars)});
   fig.height = std::max<int>(360, 150 + 48 * static_cast<int>(o.depths.size()));
