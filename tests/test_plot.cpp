@@ -110,6 +110,37 @@ TEST(Plot, DrawsEverySeriesInItsOwnColour) {
   EXPECT_EQ(render(loss_figure()).rgb, img.rgb);
 }
 
+// Pixels of `colour` in rows [y0, y1) of the image.
+int64_t count_colour(const Image& img, std::array<uint8_t, 3> colour, int y0, int y1) {
+  int64_t n = 0;
+  for (int y = y0; y < y1; ++y)
+    for (int x = 0; x < img.width; ++x) {
+      const uint8_t* p = img.rgb.data() + (static_cast<size_t>(y) * img.width + x) * 3;
+      n += p[0] == colour[0] && p[1] == colour[1] && p[2] == colour[2];
+    }
+  return n;
+}
+
+TEST(Plot, ASharedLegendSitsInARowAboveTheCharts) {
+  Figure f = loss_figure();
+  f.width = 1000;
+  f.charts.push_back(f.charts[0]);
+  f.charts[1].title = "encoder";
+  // The row under the figure's title (8 + 18 pixels of title, then 8 of padding, 18 of text): the legend's lines
+  // are there in the series' colours, and nowhere else when each chart has its own legend.
+  constexpr int kRow0 = 26, kRow1 = 26 + 8 + 18;
+  const Image separate = render(f);
+  EXPECT_EQ(count_colour(separate, {31, 119, 180}, kRow0, kRow1), 0);
+  f.shared_legend = true;
+  const Image shared = render(f);
+  EXPECT_GT(count_colour(shared, {31, 119, 180}, kRow0, kRow1), 20) << "no blue legend line above the charts";
+  EXPECT_GT(count_colour(shared, {255, 127, 14}, kRow0, kRow1), 20) << "no orange legend line above the charts";
+  EXPECT_GT(count_colour(shared, {0, 0, 0}, kRow0, kRow1), 50) << "no legend text";
+  // The legends inside the charts are gone: each chart's legend box frame (grey) is no longer drawn.
+  EXPECT_GT(count_colour(separate, {150, 150, 150}, kRow1, f.height), 0);
+  EXPECT_EQ(count_colour(shared, {150, 150, 150}, kRow1, f.height), 0);
+}
+
 TEST(Plot, LogAxesSkipPointsTheyCannotShow) {
   Figure f{.width = 300, .height = 200};
   f.charts.push_back({.x = {.scale = Scale::Log2}, .y = {.scale = Scale::Log10},

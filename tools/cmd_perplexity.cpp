@@ -94,7 +94,8 @@ void plot_perplexity(const std::string& path, const std::vector<eval::Perplexity
   for (const std::string& s : sources) {
     plot::Chart c;
     c.title = s;
-    c.x = {"tokens in view, x the " + std::to_string(decoder_tokens) + "-token window", plot::Scale::Log2};
+    // Short enough for a panel 420 pixels wide: the panels' x titles must not run into each other.
+    c.x = {std::to_string(decoder_tokens) + "-token windows in view", plot::Scale::Log2};
     c.y = {"perplexity, last " + std::to_string(eval_window) + " tokens", plot::Scale::Linear};
     std::map<std::string, plot::Series> by_protocol;
     std::vector<std::string> order;
@@ -114,10 +115,13 @@ void plot_perplexity(const std::string& path, const std::vector<eval::Perplexity
       c.series.push_back(by_protocol[n]);
       for (double y : by_protocol[n].y) lo = std::min(lo, y), hi = std::max(hi, y);
     }
-    // Headroom above the lines for the legend, so that it hides none of them.
-    if (std::isfinite(lo) && hi > lo) c.y.max = hi + 0.12 * static_cast<double>(order.size()) * (hi - lo) + 1e-9;
+    // One chart: headroom above the lines for its legend, so that it hides none of them. Several: one legend
+    // above them all (below), since every chart has the same protocols.
+    if (sources.size() == 1 && std::isfinite(lo) && hi > lo)
+      c.y.max = hi + 0.12 * static_cast<double>(order.size()) * (hi - lo) + 1e-9;
     fig.charts.push_back(std::move(c));
   }
+  fig.shared_legend = sources.size() > 1;
   fig.width = std::max<int>(900, 420 * static_cast<int>(sources.size()));
   fig.height = 520;
   plot::write_png(path, fig);

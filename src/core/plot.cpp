@@ -377,7 +377,17 @@ void draw_heatmap(Canvas& cv, const Chart& chart, Rect area) {
   draw_titles(cv, chart, area, left, right, top, bottom);
 }
 
-void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
+constexpr int kLegendSample = 28;  // the length of a legend entry's line
+
+// One legend entry with its text's top at y: a line (and dot) in the series' colour, then its name.
+void draw_legend_entry(Canvas& cv, const Series& s, Rgb colour, int x, int y) {
+  const double cy = y + kCapHeight * kText / 2.0;
+  cv.line(x, cy, x + kLegendSample, cy, 2.0, colour, nullptr);
+  if (s.markers) cv.dot(x + kLegendSample / 2.0, cy, 3.5, colour, nullptr);
+  cv.text(x + kLegendSample + kPad, y, s.name, kText, kBlack);
+}
+
+void draw_chart(Canvas& cv, const Chart& chart, Rect area, bool legend) {
   if (!chart.heatmap.values.empty()) return draw_heatmap(cv, chart, area);
   Bounds b;
   for (const Series& s : chart.series) {
@@ -451,8 +461,8 @@ void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
   int name_w = 0, rows = 0;
   for (const Series& s : chart.series)
     if (!s.name.empty()) name_w = std::max(name_w, text_width(s.name, kText)), ++rows;
-  if (rows == 0) return;
-  const int sample = 28, row_h = kLineH + 4;
+  if (!legend || rows == 0) return;
+  const int sample = kLegendSample, row_h = kLineH + 4;
   const int lw = kPad + sample + kPad + name_w + kPad, lh = kPad + rows * row_h;
   // The corner where it hides the fewest points of the lines (sampled along each segment); top right on a tie.
   const std::pair<int, int> corners[] = {{right - kPad - lw, top + kPad},
@@ -481,13 +491,27 @@ void draw_chart(Canvas& cv, const Chart& chart, Rect area) {
   for (size_t k = 0; k < chart.series.size(); ++k) {
     const Series& s = chart.series[k];
     if (s.name.empty()) continue;
-    const Rgb c = kPalette[k % std::size(kPalette)];
-    const int ty = ly + kPad / 2 + row * row_h + 2;
-    const double cy = ty + kCapHeight * kText / 2.0;
-    cv.line(lx + kPad, cy, lx + kPad + sample, cy, 2.0, c, nullptr);
-    if (s.markers) cv.dot(lx + kPad + sample / 2.0, cy, 3.5, c, nullptr);
-    cv.text(lx + kPad + sample + kPad, ty, s.name, kText, kBlack);
+    draw_legend_entry(cv, s, kPalette[k % std::size(kPalette)], lx + kPad, ly + kPad / 2 + row * row_h + 2);
     ++row;
+  }
+}
+
+// The figure's shared legend: every named series of the first chart that has one, in a row centred at height y.
+void draw_shared_legend(Canvas& cv, const Figure& figure, int y) {
+  for (const Chart& chart : figure.charts) {
+    int total = 0, n = 0;
+    for (const Series& s : chart.series)
+      if (!s.name.empty()) total += kLegendSample + kPad + text_width(s.name, kText), ++n;
+    if (n == 0) continue;
+    total += (n - 1) * 3 * kPad;
+    int x = figure.width / 2 - total / 2;
+    for (size_t k = 0; k < chart.series.size(); ++k) {
+      const Series& s = chart.series[k];
+      if (s.name.empty()) continue;
+      draw_legend_entry(cv, s, kPalette[k % std::size(kPalette)], x, y);
+      x += kLegendSample + kPad + text_width(s.name, kText) + 3 * kPad;
+    }
+    return;
   }
 }
 
@@ -515,12 +539,17 @@ Image render(const Figure& figure) {
            " is outside 64..8192";
   });
   Canvas cv(figure.width, figure.height);
-  const int title_h = figure.title.empty() ? 0 : kPad + kLineH;
+  int title_h = figure.title.empty() ? 0 : kPad + kLineH;
   if (!figure.title.empty())
     cv.text(figure.width / 2 - text_width(figure.title, kText) / 2, kPad, figure.title, kText, kBlack);
+  if (figure.shared_legend) {
+    draw_shared_legend(cv, figure, title_h + kPad);
+    title_h += kPad + kLineH;
+  }
   const double w = static_cast<double>(figure.width) / static_cast<double>(figure.charts.size());
   for (size_t i = 0; i < figure.charts.size(); ++i)
-    draw_chart(cv, figure.charts[i], Rect{i * w, double(title_h), (i + 1) * w, double(figure.height)});
+    draw_chart(cv, figure.charts[i], Rect{i * w, double(title_h), (i + 1) * w, double(figure.height)},
+               !figure.shared_legend);
   return cv.take();
 }
 

@@ -48,6 +48,9 @@ struct Figure {
   std::string title{};  // above all charts; empty for none
   int width = 900, height = 540;
   std::vector<Chart> charts{};  // side by side, equal widths
+  // One legend for all charts, in a row under the title, instead of one inside each chart: for charts whose
+  // series are the same (same names, same order, so the same colours), where a legend inside would hide data.
+  bool shared_legend = false;
 };
 
 // 8-bit RGB pixels, row-major, top row first.
