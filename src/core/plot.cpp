@@ -379,6 +379,8 @@ void draw_heatmap(Canvas& cv, const Chart& chart, Rect area) {
 
 constexpr int kLegendSample = 28;  // the length of a legend entry's line
 
+int legend_entry_width(const Series& s) { return kLegendSample + kPad + text_width(s.name, kText); }
+
 // One legend entry with its text's top at y: a line (and dot) in the series' colour, then its name.
 void draw_legend_entry(Canvas& cv, const Series& s, Rgb colour, int x, int y) {
   const double cy = y + kCapHeight * kText / 2.0;
@@ -462,8 +464,8 @@ void draw_chart(Canvas& cv, const Chart& chart, Rect area, bool legend) {
   for (const Series& s : chart.series)
     if (!s.name.empty()) name_w = std::max(name_w, text_width(s.name, kText)), ++rows;
   if (!legend || rows == 0) return;
-  const int sample = kLegendSample, row_h = kLineH + 4;
-  const int lw = kPad + sample + kPad + name_w + kPad, lh = kPad + rows * row_h;
+  const int row_h = kLineH + 4;
+  const int lw = kPad + kLegendSample + kPad + name_w + kPad, lh = kPad + rows * row_h;
   // The corner where it hides the fewest points of the lines (sampled along each segment); top right on a tie.
   const std::pair<int, int> corners[] = {{right - kPad - lw, top + kPad},
                                          {left + kPad, top + kPad},
@@ -501,7 +503,7 @@ void draw_shared_legend(Canvas& cv, const Figure& figure, int y) {
   for (const Chart& chart : figure.charts) {
     int total = 0, n = 0;
     for (const Series& s : chart.series)
-      if (!s.name.empty()) total += kLegendSample + kPad + text_width(s.name, kText), ++n;
+      if (!s.name.empty()) total += legend_entry_width(s), ++n;
     if (n == 0) continue;
     total += (n - 1) * 3 * kPad;
     int x = figure.width / 2 - total / 2;
@@ -509,7 +511,7 @@ void draw_shared_legend(Canvas& cv, const Figure& figure, int y) {
       const Series& s = chart.series[k];
       if (s.name.empty()) continue;
       draw_legend_entry(cv, s, kPalette[k % std::size(kPalette)], x, y);
-      x += kLegendSample + kPad + text_width(s.name, kText) + 3 * kPad;
+      x += legend_entry_width(s) + 3 * kPad;
     }
     return;
   }
