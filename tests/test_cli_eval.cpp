@@ -192,6 +192,10 @@ TEST_F(CliEval, DemoRunsEveryPartOnAHeldOutFolder) {
     EXPECT_TRUE(fs::exists(path("demo") + "/" + f)) << f;
   for (const char* s : {"== 1/4", "== 2/4", "== 3/4", "== 4/4", "with the document as context", "Plots:"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
+  // Every fact is hidden once and asked for once, then the tally.
+  for (const char* s : {"The capital of Ghana is Accra.", "The capital of Peru is Lima.", "The capital of Chad is N'Djamena.",
+                        "3 facts hidden in it", " of 3 with the document as context"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s;
   EXPECT_TRUE(CleanError(run_cepe({"demo", "-m", kFixture.string(), "--corpus", path("nowhere")}), {"fetch-corpus.sh"}));
   fs::remove(path("corpus/facts/held.tsv"));
   EXPECT_TRUE(CleanError(run_cepe({"demo", "-m", kFixture.string(), "--corpus", path("corpus"), "--out", path("demo")}),

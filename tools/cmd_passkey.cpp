@@ -125,7 +125,7 @@ nlohmann::json passkey_json(const std::vector<eval::PasskeyResult>& results, con
   nlohmann::json cases = nlohmann::json::array(), cells = nlohmann::json::array();
   for (const auto& r : results)
     cases.push_back({{"context_tokens", r.context_tokens}, {"depth", r.depth}, {"trial", r.trial}, {"key", r.key},
-                     {"answer", r.answer}, {"continuation", r.continuation}, {"correct", r.correct}, {"seconds", r.seconds}});
+                     {"answer", r.answer}, {"continuation", r.continuation}, {"correct", r.correct}, {"needle_start", r.needle_start}, {"seconds", r.seconds}});
   for (const auto& [k, a] : passkey_accuracy(results))
     cells.push_back({{"context_tokens", k.first}, {"depth", k.second}, {"correct", a.first}, {"cases", a.second},
                      {"accuracy", static_cast<double>(a.first) / static_cast<double>(a.second)}});

@@ -292,6 +292,7 @@ std::vector<PasskeyResult> evaluate_passkey(const CepeModel& model, const Tokeni
         r.continuation = answer_from_context(model, tok, c.context, c.question.prompt, o.chunk_len, o.max_new_tokens, o.decode);
         r.answer = extract_answer(r.continuation, true);
         r.correct = r.answer == r.key;
+        r.needle_start = c.needle_start;
         r.context = c.context;
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         out.push_back(std::move(r));

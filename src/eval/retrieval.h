@@ -138,6 +138,7 @@ struct PasskeyResult {
   std::string key, answer, continuation;
   bool correct = false;
   double seconds = 0;
+  int64_t needle_start = 0;      // token index of the needle in the context (where a chunk boundary cuts it)
   std::vector<int32_t> context;  // the case's context tokens (kept for --save-cases)
 };
 
