@@ -24,7 +24,18 @@
 #              steps, encoder frozen): pass keys 95% / 90% at 4k / 16k tokens, as recipe v11 (warmup 1100, cepe 600,
 #              cepe-long 800 steps with the encoder trained: 95% / 85%) in half its time (115 min for the whole run,
 #              v11 3.7 h); at 16k, v11's cepe-long 100 / 200 / 400 / 800 steps gave 45% / 55% / 70% / 85%
-#   export     the final checkpoint in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
+#   export-long  cepe-long's checkpoint exported in BF16 (recipe v12's model, as shipped before v13): where the
+#              next stage starts
+#   keys       copy precision: retrieval documents of 512 context tokens (4 chunks) dense with needles (a pass key,
+#              up to 6 facts and 8 labelled keys, all asked for in the decoder part; data/synth-dense.tokens), 3 of 4
+#              samples, the rest preceding text; cross-attention + encoder, 400 x 16. Pass keys are copied digit by
+#              digit, and v12's misses were keys it had found but copied wrong (mostly the last digit repeating the
+#              fourth: 42549 -> 42544), at every length alike (1k / 4k / 16k: 89 / 92 / 90%), so the skill is
+#              trained where it is cheap: a 512-token sample costs 1/32 of a 16k one. Measured: 97 / 98 / 98%
+#              (`cepe passkey --trials 20 --seed 1`), but CEPE perplexity at 8192 tokens 3-18% worse
+#   cepe-long2 cepe-long again, 200 steps at lr 3e-4 from keys (fresh 16k retrieval documents,
+#              data/synth-16k-2.tokens): brings long-context perplexity back, keeps the pass keys
+#   export     the final checkpoint (cepe-long2) in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
 #              the shipped model's (models/cepe-tiny) when OUT is another folder: the reproduction check
@@ -93,16 +104,34 @@ synth() {
     -o data/synth-short.tokens
   [ -f data/synth-16k.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
     --facts "$CORPUS/facts/train.tsv" --context-tokens 16384 --decoder-tokens 256 --max-numbers 4 -n 800 --seed 6 -o data/synth-16k.tokens
+  # Dense short documents for the keys stage: 512 context tokens, up to 15 needles, each asked for
+  [ -f data/synth-dense.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
+    --facts "$CORPUS/facts/train.tsv" --context-tokens 512 --decoder-tokens 256 --max-numbers 8 --p-passkey 0.9 -n 8000 --seed 13 \
+    -o data/synth-dense.tokens
+  [ -f data/synth-16k-2.tokens ] || "$CEPE" data synth -m tokenizer.model --filler data/train.tokens \
+    --facts "$CORPUS/facts/train.tsv" --context-tokens 16384 --decoder-tokens 256 --max-numbers 4 -n 400 --seed 16 -o data/synth-16k-2.tokens
+}
+
+# checkpoint_of NAME: the last checkpoint of configs/cepe-tiny/NAME.json's run
+checkpoint_of() { echo "runs/$1/checkpoint-$(json "$CFG/$1.json" '["steps"]')"; }
+
+export_long() {  # cepe-long's result in BF16, as recipe v12 shipped it: the keys stage starts from it
+  local final; final=$(checkpoint_of cepe-long)
+  if [ -f export-long/model.safetensors ]; then log "export-long: kept"; return; fi
+  [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe-long stage first)" >&2; exit 1; }
+  rm -rf export-long.tmp
+  "$CEPE" export -m "$final" -o export-long.tmp --dtype bf16 --decoder-window 256 --encoder-window 128
+  mv export-long.tmp export-long
 }
 
 export_model() {
-  local final; final=runs/cepe-long/checkpoint-$(json "$CFG/cepe-long.json" '["steps"]')
-  [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe stage first)" >&2; exit 1; }
+  local final; final=$(checkpoint_of cepe-long2)
+  [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe-long2 stage first)" >&2; exit 1; }
   # Exported beside the runs, then copied file by file (each renamed into place), so that OUT's model card stays.
   "$CEPE" export -m "$final" -o export --dtype bf16 --decoder-window 256 --encoder-window 128
   mkdir -p "$OUT/plots"
   for f in config.json model.safetensors tokenizer.model; do cp export/$f "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"; done
-  for s in decoder mlm warmup cepe cepe-long; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
+  for s in decoder mlm warmup cepe cepe-long keys cepe-long2; do [ -f "plots/$s.png" ] && cp "plots/$s.png" "$OUT/plots/train-$s.png"; done
   python3 "$ROOT/scripts/training_summary.py" "$WORK" "$CFG" > "$OUT/training.json"
   log "export: $OUT ($(du -sh "$OUT" | cut -f1))"
 }
@@ -133,17 +162,18 @@ stage() {  # stage NAME: one `cepe train` run of configs/cepe-tiny/NAME.json, re
 # what that run does.
 main() {
   local steps=("$@") s
-  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens synth decoder mlm warmup cepe cepe-long export evaluate)
+  [ ${#steps[@]} -gt 0 ] || steps=(corpus tokenizer tokens synth decoder mlm warmup cepe cepe-long export-long keys cepe-long2 export evaluate)
   for s in "${steps[@]}"; do
     case $s in
       corpus) timed corpus corpus ;;
       tokenizer) timed tokenizer tokenizer ;;
       tokens) timed tokens tokens ;;
-      decoder | mlm | warmup | cepe | cepe-long) stage "$s" ;;
+      decoder | mlm | warmup | cepe | cepe-long | keys | cepe-long2) stage "$s" ;;
+      export-long) export_long ;;
       synth) timed synth synth ;;
       export) export_model ;;
       evaluate) evaluate ;;
-      *) echo "error: unknown stage '$s' (corpus tokenizer tokens decoder mlm warmup synth cepe cepe-long export evaluate)" >&2; exit 1 ;;
+      *) echo "error: unknown stage '$s' (corpus tokenizer tokens synth decoder mlm warmup cepe cepe-long export-long keys cepe-long2 export evaluate)" >&2; exit 1 ;;
     esac
   done
 }

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'cepe-long']
+STAGES = ['decoder', 'mlm', 'warmup', 'cepe', 'cepe-long', 'keys', 'cepe-long2']
 
 
 def stage_record(work, cfg_dir, name):
@@ -85,6 +85,8 @@ WHAT = {
     'warmup': 'the encoder reads a copy of the decoder\'s input (15% retrieval data); cross-attention + encoder trained, decoder frozen',
     'cepe': 'preceding text (filtered; half of it 1-16 chunks), concatenated documents, half retrieval data; cross-attention + encoder',
     'cepe-long': 'the same at 64x the window (16384-token contexts, a quarter of the text 1-128 chunks); cross-attention only, the encoder frozen',
+    'keys': 'copy precision: 512-token contexts dense with needles (pass key, facts, labelled keys, each asked for), 3 of 4 samples; the rest preceding text; cross-attention + encoder; starts from cepe-long exported in BF16',
+    'cepe-long2': 'cepe-long again (fresh 16k retrieval documents, lr 3e-4): long-context perplexity back after keys; cross-attention only',
 }
 
 
