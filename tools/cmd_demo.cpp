@@ -240,7 +240,7 @@ int cmd_demo(int argc, char** argv) {
       hidden.push_back(facts[(2 * i + 1) * facts.size() / (2 * k)]);
       needles.push_back({tok.encode(hidden.back().statement(), false), (static_cast<double>(i) + 0.5) / static_cast<double>(k)});
     }
-    // The longest held-out book (Persuasion in the shipped corpus).
+    // The longest held-out book.
     fs::path longest;
     uintmax_t longest_size = 0;
     for (const auto& e : fs::directory_iterator(held / "books"))
@@ -250,26 +250,30 @@ int cmd_demo(int argc, char** argv) {
     const int64_t n = std::min<int64_t>(L / 2 * window, static_cast<int64_t>(book.size()));
     std::vector<int64_t> where;
     const std::vector<int32_t> context = eval::insert_needles(tok, book, n, needles, &where);
+    // Enough new tokens for the longest value (quiz values such as "S~ao Tom'e" take a token a character).
+    constexpr int64_t kAnswerTokens = 32;
     const std::string doc_path = (out / "long-document.txt").string();
     write_text_atomic(doc_path, tok.decode(context));
     std::printf("document: the first %lld tokens of %s (held out from training), %zu facts hidden in it\n",
                 static_cast<long long>(n), longest.filename().string().c_str(), hidden.size());
-    std::printf("%7s  %-44s %-24s %s\n", "token", "fact hidden there", "answer from the document", "decoder alone");
+    std::printf("%7s  %-52s %-28s %s\n", "token", "fact hidden there", "answer from the document", "decoder alone");
     int right_with = 0, right_without = 0;
     for (size_t i = 0; i < hidden.size(); ++i) {
       const std::string question = hidden[i].question();
-      const std::string with = eval::extract_answer(eval::answer_from_context(*model, tok, context, question, chunk, 12), false);
-      const std::string without = eval::extract_answer(eval::answer_from_context(*model, tok, {}, question, chunk, 12), false);
+      const std::string with =
+          eval::extract_answer(eval::answer_from_context(*model, tok, context, question, chunk, kAnswerTokens), false);
+      const std::string without =
+          eval::extract_answer(eval::answer_from_context(*model, tok, {}, question, chunk, kAnswerTokens), false);
       right_with += with == hidden[i].value;
       right_without += without == hidden[i].value;
-      std::printf("%7lld  %-44s %-24s %s\n", static_cast<long long>(where[i]), hidden[i].statement().c_str(),
+      std::printf("%7lld  %-52s %-28s %s\n", static_cast<long long>(where[i]), hidden[i].statement().c_str(),
                   (with + (with == hidden[i].value ? "  (right)" : "  (wrong)")).c_str(), without.c_str());
       std::fflush(stdout);
     }
     std::printf("right: %d of %zu with the document as context, %d of %zu from the decoder alone\n", right_with,
                 hidden.size(), right_without, hidden.size());
     if (!hidden.empty())
-      std::printf("the same in text mode: %s generate -m %s -c %s -p \"%s\" --greedy -n 12\n", "./build/bin/cepe",
+      std::printf("the same in text mode: %s generate -m %s -c %s -p \"%s\" --greedy -n 32\n", "./build/bin/cepe",
                   dir.c_str(), doc_path.c_str(), hidden[0].question().c_str());
   }
 
