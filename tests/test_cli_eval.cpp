@@ -101,6 +101,16 @@ TEST_F(CliEval, PasskeyTableJsonHeatMapAndSavedCases) {
   for (const json& c : j["cases"]) {
     EXPECT_EQ(c["key"].get<std::string>().size(), 5u);
     EXPECT_EQ(c["correct"].get<bool>(), c["answer"] == c["key"]);
+    // Where the needle went: at the start for depth 0, past it for depth 1 (moved back to a sentence start, so
+    // not necessarily in the second half of a short context), always inside the context.
+    const int64_t at = c["needle_start"], n = c["context_tokens"];
+    EXPECT_TRUE(at >= 0 && at < n) << at;
+    if (c["depth"] == 0) {
+      EXPECT_EQ(at, 0);
+    }
+    if (c["depth"] == 1) {
+      EXPECT_GT(at, 0);
+    }
     keys.insert(c["key"]);
   }
   EXPECT_GT(keys.size(), 8u);  // each case has its own key

@@ -264,10 +264,11 @@ int cmd_demo(int argc, char** argv) {
           eval::extract_answer(eval::answer_from_context(*model, tok, context, question, chunk, kAnswerTokens), false);
       const std::string without =
           eval::extract_answer(eval::answer_from_context(*model, tok, {}, question, chunk, kAnswerTokens), false);
-      right_with += with == hidden[i].value;
+      const bool right = with == hidden[i].value;
+      right_with += right;
       right_without += without == hidden[i].value;
       std::printf("%7lld  %-52s %-28s %s\n", static_cast<long long>(where[i]), hidden[i].statement().c_str(),
-                  (with + (with == hidden[i].value ? "  (right)" : "  (wrong)")).c_str(), without.c_str());
+                  (with + (right ? "  (right)" : "  (wrong)")).c_str(), without.c_str());
       std::fflush(stdout);
     }
     std::printf("right: %d of %zu with the document as context, %d of %zu from the decoder alone\n", right_with,
