@@ -446,6 +446,47 @@ TEST_F(TrainTest, ResumedRunKeepsItsTokenizerAfterTheSourceCheckpointIsPruned) {
   EXPECT_EQ(testing::read_text(last / "tokenizer.model"), testing::read_text(tiny_tokenizer()));
 }
 
+TEST(TrainPlot, LossFigureNamesTheRunAndDrawsTheTrailingMean) {
+  train::TrainConfig c;
+  c.stage = train::Stage::Cepe;
+  c.output_dir = "work/runs/keys/";
+  std::vector<std::pair<int64_t, double>> losses;
+  for (int64_t s = 1; s <= 100; ++s) losses.push_back({s, s % 2 ? 3.0 : 1.0});  // noisy around 2
+  std::vector<train::EvalRecord> evals(2);
+  evals[0] = {0, 4.5, 4.6, 0};
+  evals[1] = {100, 4.4, 4.6, 0};
+  const plot::Figure f = train::loss_figure(c, losses, evals);
+  EXPECT_EQ(f.title, "cepe train: keys (stage cepe)");
+  EXPECT_TRUE(f.shared_legend);
+  ASSERT_EQ(f.charts.size(), 1u);
+  const auto& series = f.charts[0].series;
+  ASSERT_EQ(series.size(), 4u);
+  EXPECT_EQ(series[0].name, "train");
+  EXPECT_EQ(series[0].y.size(), 100u);
+  EXPECT_EQ(series[1].name, "held-out");
+  EXPECT_EQ(series[1].y, (std::vector<double>{4.5, 4.4}));
+  EXPECT_EQ(series[2].name, "held-out, no context");
+  EXPECT_EQ(series[3].name, "train, 5-step mean");
+  // From the 5th step on, each point the mean of the last 5 losses: 3 1 3 1 3 -> 2.2, then 1 3 1 3 1 -> 1.8.
+  ASSERT_EQ(series[3].x.size(), 96u);
+  EXPECT_EQ(series[3].x.front(), 5.0);
+  EXPECT_NEAR(series[3].y[0], 2.2, 1e-12);
+  EXPECT_NEAR(series[3].y[1], 1.8, 1e-12);
+  EXPECT_EQ(series[3].x.back(), 100.0);
+
+  // A run named as its stage, too short for a mean, without context evals: the stage alone, two series.
+  c.stage = train::Stage::Decoder;
+  c.output_dir = "runs/decoder";
+  losses.resize(60);
+  evals[0].loss_no_context.reset();
+  evals[1].loss_no_context.reset();
+  const plot::Figure d = train::loss_figure(c, losses, evals);
+  EXPECT_EQ(d.title, "cepe train: decoder");
+  ASSERT_EQ(d.charts[0].series.size(), 2u);
+  EXPECT_EQ(d.charts[0].series[1].name, "held-out");
+  EXPECT_NO_THROW(plot::render(d));
+}
+
 TEST_F(TrainTest, BadConfigsEndInOneErrorAndOverwriteNothing) {
   write_tokens(path("train.tokens"), markov_docs(4, 300, 9));
   const json good = base("decoder", {{"config", decoder_config()}}, path("train.tokens"), path("train.tokens"));

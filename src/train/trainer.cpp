@@ -483,17 +483,37 @@ std::string fmt(const char* f, double v) {
   return b;
 }
 
-void write_plot(const std::string& path, const TrainConfig& c, const std::vector<std::pair<int64_t, double>>& train,
-                const std::vector<EvalRecord>& evals) {
+}  // namespace
+
+plot::Figure loss_figure(const TrainConfig& c, const std::vector<std::pair<int64_t, double>>& train,
+                         const std::vector<EvalRecord>& evals) {
   plot::Chart chart;
-  chart.title = std::string("cepe train: stage ") + stage_name(c.stage);
+  // Named by the run (output_dir's last part) as well as the stage: several runs of one stage (cepe, cepe-long,
+  // ...) make one model, and each plot must say which it is.
+  fs::path dir = fs::path(c.output_dir).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // "runs/keys/"
+  const std::string run = dir.filename().string();
+  const std::string stage = stage_name(c.stage);
+  const std::string title = "cepe train: " + (run.empty() || run == stage ? stage : run + " (stage " + stage + ")");
   chart.x.label = "optimizer step";
   chart.y.label = "loss (nats/token)";
   plot::Series tr{"train", {}, {}, false};
   for (const auto& [s, l] : train) tr.x.push_back(static_cast<double>(s)), tr.y.push_back(l);
   chart.series.push_back(tr);
-  plot::Series ev{c.stage == Stage::Decoder || c.stage == Stage::Mlm ? "held-out" : "held-out, with context", {}, {}, true};
-  plot::Series nc{"held-out, without context", {}, {}, true};
+  // Small batches of mixed data (retrieval documents next to text) make a per-step loss too noisy to read a
+  // trend from: a trailing mean over a twentieth of the run goes with it.
+  const size_t span = train.size() / 20;
+  plot::Series mean{"train, " + std::to_string(span) + "-step mean", {}, {}, false};
+  if (span >= 5) {
+    double sum = 0;
+    for (size_t i = 0; i < train.size(); ++i) {
+      sum += train[i].second;
+      if (i >= span) sum -= train[i - span].second;
+      if (i + 1 >= span) mean.x.push_back(static_cast<double>(train[i].first)), mean.y.push_back(sum / double(span));
+    }
+  }
+  plot::Series ev{"held-out", {}, {}, true};
+  plot::Series nc{"held-out, no context", {}, {}, true};
   for (const EvalRecord& e : evals) {
     ev.x.push_back(static_cast<double>(e.step));
     ev.y.push_back(e.loss);
@@ -501,12 +521,13 @@ void write_plot(const std::string& path, const TrainConfig& c, const std::vector
   }
   if (!ev.x.empty()) chart.series.push_back(ev);
   if (!nc.x.empty()) chart.series.push_back(nc);
+  if (!mean.x.empty()) chart.series.push_back(mean);
   plot::Figure fig;
+  fig.title = title;
   fig.charts.push_back(chart);
-  plot::write_png(path, fig);
+  fig.shared_legend = true;  // under the title, above the chart: inside it, the legend hid the held-out curves
+  return fig;
 }
-
-}  // namespace
 
 TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communicator* comm_in) {
   std::unique_ptr<Communicator> single;
@@ -697,7 +718,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     json j = {{"step", step}, {"event", "eval"}, {"eval_loss", rec.loss}, {"eval_tokens", rec.tokens}};
     if (rec.loss_no_context) j["eval_loss_no_context"] = *rec.loss_no_context;
     log_line(j);
-    if (leader && !opt.plot.empty()) write_plot(opt.plot, c, history, result.evals);
+    if (leader && !opt.plot.empty()) plot::write_png(opt.plot, loss_figure(c, history, result.evals));
   };
 
   DeferredInterrupt defer;
@@ -796,7 +817,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& opt, Communic
     if (stop_here) break;
   }
   bar.finish();
-  if (leader && !opt.plot.empty()) write_plot(opt.plot, c, history, result.evals);
+  if (leader && !opt.plot.empty()) plot::write_png(opt.plot, loss_figure(c, history, result.evals));
   if (log) std::fclose(log);
   result.final_step = step;
   return result;

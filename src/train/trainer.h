@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/plot.h"
 #include "train/optimizer.h"
 #include "train/samplers.h"
 
@@ -111,6 +112,12 @@ struct TrainerState {
   std::vector<EvalRecord> evals;
 };
 TrainerState parse_trainer_state(const nlohmann::json& j, const std::string& origin);
+
+// The loss curves `cepe train --plot` draws: titled by the run (output_dir's last part) and its stage; the train
+// loss per step with its trailing mean over a twentieth of the steps (when that is >= 5), the held-out evals
+// (and, for CEPE stages, without context); the legend above the chart.
+plot::Figure loss_figure(const TrainConfig& cfg, const std::vector<std::pair<int64_t, double>>& train,
+                         const std::vector<EvalRecord>& evals);
 
 // Runs the stage; `comm` (null: one process) shards the batches and sums the gradients across ranks.
 TrainResult run_training(const TrainConfig& cfg, const TrainOptions& opt, Communicator* comm = nullptr);
