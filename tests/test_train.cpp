@@ -446,6 +446,27 @@ TEST_F(TrainTest, ResumedRunKeepsItsTokenizerAfterTheSourceCheckpointIsPruned) {
   EXPECT_EQ(testing::read_text(last / "tokenizer.model"), testing::read_text(tiny_tokenizer()));
 }
 
+TEST_F(TrainTest, ResumingAFinishedRunTrainsNothingAndRedrawsItsPlot) {
+  write_tokens(path("train.tokens"), markov_docs(8, 200, 13));
+  write_tokens(path("held.tokens"), markov_docs(2, 200, 14));
+  json cfg = base("decoder", {{"config", decoder_config()}, {"seed", 1}}, path("train.tokens"), path("held.tokens"));
+  cfg["steps"] = 4;
+  const auto first = run(cfg);
+  ASSERT_EQ(first.final_step, 4);
+  const std::string state = testing::read_text(fs::path(first.last_checkpoint) / "trainer_state.json");
+  train::TrainOptions opt;
+  opt.quiet = true;
+  opt.resume = true;
+  opt.plot = path("again.png");
+  const auto again = train::run_training(train::parse_train_config(cfg, "test config"), opt);
+  EXPECT_EQ(again.final_step, 4);
+  EXPECT_TRUE(again.steps.empty());
+  EXPECT_EQ(testing::read_text(fs::path(first.last_checkpoint) / "trainer_state.json"), state);  // left as it was
+  const std::string png = testing::read_text(path("again.png"));
+  ASSERT_GT(png.size(), 8u);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+}
+
 TEST(TrainPlot, LossFigureNamesTheRunAndDrawsTheTrailingMean) {
   train::TrainConfig c;
   c.stage = train::Stage::Cepe;

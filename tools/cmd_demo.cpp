@@ -274,8 +274,8 @@ int cmd_demo(int argc, char** argv) {
     std::printf("right: %d of %zu with the document as context, %d of %zu from the decoder alone\n", right_with,
                 hidden.size(), right_without, hidden.size());
     if (!hidden.empty())
-      std::printf("the same in text mode: %s generate -m %s -c %s -p \"%s\" --greedy -n 32\n", "./build/bin/cepe",
-                  dir.c_str(), doc_path.c_str(), hidden[0].question().c_str());
+      std::printf("the same in text mode: %s generate -m %s -c %s -p \"%s\" --greedy -n %lld\n", "./build/bin/cepe",
+                  dir.c_str(), doc_path.c_str(), hidden[0].question().c_str(), static_cast<long long>(kAnswerTokens));
   }
 
   const double total_s = std::chrono::duration<double>(Clock::now() - t_start).count();
