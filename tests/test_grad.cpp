@@ -55,6 +55,18 @@ std::vector<GradCase> grad_cases() {
 
 class GradGolden : public testing::CliScratchTest, public ::testing::WithParamInterface<GradCase> {};
 
+// One gradient against the reference's: within 2e-4 of the tensor's largest |value|.
+void expect_gradient_matches(const SafeTensors& got, const SafeTensors& want, const std::string& name,
+                             const std::string& where) {
+  const Tensor a = got.get(name), b = want.get(name);
+  ASSERT_EQ(a.shape(), b.shape()) << where << " " << name;
+  float max_abs = 0, worst = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) max_abs = std::max(max_abs, std::abs(b.f32()[i]));
+  for (int64_t i = 0; i < b.numel(); ++i) worst = std::max(worst, std::abs(a.f32()[i] - b.f32()[i]));
+  EXPECT_LE(worst, 2e-4f * std::max(max_abs, 1e-30f))
+      << where << " " << name << ": max |diff| " << worst << ", max |grad| " << max_abs;
+}
+
 TEST_P(GradGolden, MatchesReferenceAutograd) {
   const GradCase& c = GetParam();
   const fs::path dir = data_dir(c.fixture);
@@ -72,12 +84,7 @@ TEST_P(GradGolden, MatchesReferenceAutograd) {
   EXPECT_LE(std::abs(gl - wl), 1e-5 * std::abs(wl)) << "loss " << gl << " vs reference " << wl;
   for (const std::string& name : want.names()) {
     if (name == "loss" || !got.has(name)) continue;
-    const Tensor a = got.get(name), b = want.get(name);
-    ASSERT_EQ(a.shape(), b.shape()) << name;
-    float max_abs = 0, worst = 0;
-    for (int64_t i = 0; i < b.numel(); ++i) max_abs = std::max(max_abs, std::abs(b.f32()[i]));
-    for (int64_t i = 0; i < b.numel(); ++i) worst = std::max(worst, std::abs(a.f32()[i] - b.f32()[i]));
-    EXPECT_LE(worst, 2e-4f * std::max(max_abs, 1e-30f)) << name << ": max |diff| " << worst << ", max |grad| " << max_abs;
+    expect_gradient_matches(got, want, name, c.fixture);
   }
 }
 
@@ -102,6 +109,36 @@ TEST_P(GradGolden, RecomputeGivesTheSameGradients) {
     ASSERT_TRUE(Succeeded(run_cepe(a)));
   }
   EXPECT_EQ(testing::read_text(plain), testing::read_text(redo)) << "gradients differ with --recompute";
+}
+
+// `encoder` (ours; the reference trains the encoder only with the cross-attention): the encoder's gradients do
+// not depend on whether the cross-attention it flows through trains, so they are the encoder part of the
+// reference's `cross_attn,encoder` gradients, and nothing else.
+class GradEncoderSet : public testing::CliScratchTest {};
+
+TEST_F(GradEncoderSet, IsTheEncoderPartOfTheReferenceCrossAttnEncoderGradients) {
+  int checked = 0;
+  for (const GradCase& c : grad_cases()) {
+    if (c.trainable_arg != "cross_attn,encoder") continue;
+    const fs::path dir = data_dir(c.fixture);
+    const nlohmann::json g = nlohmann::json::parse(testing::read_text(dir / "golden.json"));
+    const std::string out = path(c.fixture + ".safetensors");
+    ASSERT_TRUE(Succeeded(run_cepe({"grad", "--model", model_dir_of(g.at("model_dir")), "--request",
+                                    (dir / "request.json").string(), "--output", out, "--trainable", "encoder"})));
+    const auto want = SafeTensors::open((dir / c.file).string());
+    const auto got = SafeTensors::open(out);
+    std::set<std::string> want_names = {"loss"};
+    for (const std::string& n : want.names())
+      if (n.rfind("encoder.", 0) == 0) want_names.insert(n);
+    ASSERT_GT(want_names.size(), 2u) << c.fixture;
+    const std::vector<std::string> gn = got.names();
+    EXPECT_EQ(std::set<std::string>(gn.begin(), gn.end()), want_names) << c.fixture;
+    for (const std::string& name : want_names) {
+      if (got.has(name)) expect_gradient_matches(got, want, name, c.fixture);
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 2) << "the cross_attn,encoder goldens (grad-multi-hid, grad-mini-kl-config)";
 }
 
 TEST(GradGoldenSet, CoversEveryArchitectureAndTheKl) {
@@ -155,7 +192,12 @@ TEST_F(GradErrors, EveryBadRequestGetsOneClearError) {
                              for (auto& l : row) l = -100;
                          })),
                          {"labels", "no position"}));
-  EXPECT_TRUE(CleanError(grad(request_with([](J&) {}), "encoder"), {"--trainable", "encoder"}));
+  EXPECT_TRUE(CleanError(grad(request_with([](J&) {}), "decoder"), {"--trainable", "decoder"}));
+  // `encoder` on a model whose encoder is its decoder would train nothing.
+  const auto self_read = run_cepe({"grad", "-m", data_dir("ref-encoder-is-model"), "--request",
+                                   (fs::path(data_dir("grad-encoder-is-model")) / "request.json").string(), "-o",
+                                   path("out.safetensors"), "--trainable", "encoder"});
+  EXPECT_TRUE(CleanError(self_read, {"encoder_is_model", "encoder"}));
   // A model without cross-attention has only `all`.
   const auto r = run_cepe({"grad", "-m", data_dir("grad-causal-tied"), "--request",
                            (fs::path(data_dir("grad-causal-tied")) / "request.json").string(), "-o",

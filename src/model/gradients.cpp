@@ -11,7 +11,7 @@
 namespace cepe {
 
 bool parse_trainable_set(const std::string& name, TrainableSet* out) {
-  for (TrainableSet s : {TrainableSet::CrossAttn, TrainableSet::CrossAttnEncoder, TrainableSet::All})
+  for (TrainableSet s : {TrainableSet::CrossAttn, TrainableSet::Encoder, TrainableSet::CrossAttnEncoder, TrainableSet::All})
     if (name == trainable_set_name(s)) {
       *out = s;
       return true;
@@ -22,6 +22,7 @@ bool parse_trainable_set(const std::string& name, TrainableSet* out) {
 const char* trainable_set_name(TrainableSet s) {
   switch (s) {
     case TrainableSet::CrossAttn: return "cross_attn";
+    case TrainableSet::Encoder: return "encoder";
     case TrainableSet::CrossAttnEncoder: return "cross_attn,encoder";
     case TrainableSet::All: return "all";
   }
@@ -31,6 +32,7 @@ const char* trainable_set_name(TrainableSet s) {
 bool is_trainable(const TensorEntry& e, TrainableSet s) {
   switch (s) {
     case TrainableSet::CrossAttn: return e.group == TensorGroup::CrossAttn;
+    case TrainableSet::Encoder: return e.group == TensorGroup::Encoder;
     case TrainableSet::CrossAttnEncoder: return e.group != TensorGroup::Decoder;
     case TrainableSet::All: return true;
   }
@@ -65,6 +67,8 @@ ModelWeights make_gradients(const CepeModel& model, TrainableSet set) {
   check(set == TrainableSet::All || c.architecture == Architecture::CausalContextLM, [&] {
     return std::string(architecture_name(c.architecture)) + " has no cross-attention or encoder: the only trainable set is 'all'";
   });
+  check(set != TrainableSet::Encoder || uses_separate_encoder(c),
+        "this model's encoder is its own decoder (encoder_is_model): the trainable set 'encoder' would train nothing");
   ModelWeights g;
   for (const TensorEntry& e : model_tensors(c, &g))
     if (is_trainable(e, set)) *e.slot = Tensor::zeros(DType::F32, e.shape);

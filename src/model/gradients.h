@@ -14,8 +14,8 @@ namespace cepe {
 
 // The reference train.py's parameter sets: names containing `cross_attn`; plus every `encoder.*`
 // (--train_encoder); or everything (--train_everything, and the only set for models without cross-attention).
-enum class TrainableSet { CrossAttn, CrossAttnEncoder, All };
-bool parse_trainable_set(const std::string& name, TrainableSet* out);  // cross_attn | cross_attn,encoder | all
+enum class TrainableSet { CrossAttn, Encoder, CrossAttnEncoder, All };
+bool parse_trainable_set(const std::string& name, TrainableSet* out);  // cross_attn | encoder | cross_attn,encoder | all
 const char* trainable_set_name(TrainableSet s);
 bool is_trainable(const TensorEntry& e, TrainableSet s);
 
