@@ -44,7 +44,10 @@
 #              74.2 / 66.1 / 58.4) but higher at 8192 (science 60.3 against 58.3, code 44.3 against 42.6), and no
 #              longer falls at every step: 400 steps fall monotonically on science only (math 47.9 -> 48.3 and
 #              code 44.7 -> 45.2 from 2048 to 4096), 200 steps on none. So recipe v13 is not shipped: it meets
-#              the pass-key target, v12 the perplexity one
+#              the pass-key target, v12 the perplexity one. Keys alone, 400 steps from v12, cross-attention only
+#              (the encoder frozen): pass keys 89% / 93% (seeds 1 / 2), perplexity falling on science and code
+#              only; the encoder only (`"trainable": "encoder"`): 92% / 89%, falling on science only; both worse
+#              than v12 at 8192 tokens (science 62.8 / 62.9 against 58.3). v13's pass keys need both trained
 #   export     the final checkpoint (cepe-long2) in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains) -> OUT/heldout-perplexity.json; compared with
