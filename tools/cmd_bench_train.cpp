@@ -215,7 +215,7 @@ int cmd_bench_train(int argc, char** argv) {
   const uint64_t seed = static_cast<uint64_t>(args.integer("--seed", 0, 0, 1LL << 62));
   TrainableSet set = cepe ? TrainableSet::CrossAttnEncoder : TrainableSet::All;
   if (args.has("--trainable") && !parse_trainable_set(args.str("--trainable"), &set))
-    throw Error("--trainable: must be cross_attn, encoder, cross_attn,encoder or all");
+    throw Error("--trainable: must be " + trainable_set_names());
 
   auto model = CepeModel::create_random(cfg, seed);
   ModelWeights grads = make_gradients(*model, set);

@@ -42,7 +42,7 @@ int cmd_grad(int argc, char** argv) {
   TrainableSet set = TrainableSet::All;
   const std::string set_name = args.str("--trainable", "all");
   if (!parse_trainable_set(set_name, &set))
-    throw Error("--trainable: unknown set '" + set_name + "' (supported: cross_attn, encoder, cross_attn,encoder, all)");
+    throw Error("--trainable: unknown set '" + set_name + "' (supported: " + trainable_set_names() + ")");
   GradRequest req = read_grad_request(args.required("--request"));
   auto model = CepeModel::load(args.required("--model"), LoadOptions{.owned_f32 = true});
   const CepeConfig& c = model->config();

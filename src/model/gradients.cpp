@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "model/cross_attention.h"
 #include "model/heads.h"
@@ -10,8 +11,13 @@
 
 namespace cepe {
 
+namespace {
+constexpr TrainableSet kTrainableSets[] = {TrainableSet::CrossAttn, TrainableSet::Encoder, TrainableSet::CrossAttnEncoder,
+                                           TrainableSet::All};
+}  // namespace
+
 bool parse_trainable_set(const std::string& name, TrainableSet* out) {
-  for (TrainableSet s : {TrainableSet::CrossAttn, TrainableSet::Encoder, TrainableSet::CrossAttnEncoder, TrainableSet::All})
+  for (TrainableSet s : kTrainableSets)
     if (name == trainable_set_name(s)) {
       *out = s;
       return true;
@@ -27,6 +33,16 @@ const char* trainable_set_name(TrainableSet s) {
     case TrainableSet::All: return "all";
   }
   return "?";
+}
+
+std::string trainable_set_names() {
+  std::string names;
+  const size_t n = std::size(kTrainableSets);
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0) names += i + 1 == n ? " or " : ", ";
+    names += trainable_set_name(kTrainableSets[i]);
+  }
+  return names;
 }
 
 bool is_trainable(const TensorEntry& e, TrainableSet s) {

@@ -14,9 +14,12 @@ namespace cepe {
 
 // The reference train.py's parameter sets: names containing `cross_attn`; plus every `encoder.*`
 // (--train_encoder); or everything (--train_everything, and the only set for models without cross-attention).
+// Ours: `encoder` alone, the encoder learning through a frozen cross-attention.
 enum class TrainableSet { CrossAttn, Encoder, CrossAttnEncoder, All };
 bool parse_trainable_set(const std::string& name, TrainableSet* out);  // cross_attn | encoder | cross_attn,encoder | all
 const char* trainable_set_name(TrainableSet s);
+// "cross_attn, encoder, cross_attn,encoder or all": the names parse_trainable_set accepts, for error messages.
+std::string trainable_set_names();
 bool is_trainable(const TensorEntry& e, TrainableSet s);
 
 // CEPED teacher targets for the last `len` positions of every row.

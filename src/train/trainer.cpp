@@ -186,7 +186,7 @@ TrainConfig parse_train_config(const json& j, const std::string& origin) {
   const bool cepe = c.stage == Stage::Warmup || c.stage == Stage::Cepe || c.stage == Stage::Ceped;
   c.trainable = o.str("trainable", c.stage == Stage::Ceped ? "cross_attn" : cepe ? "cross_attn,encoder" : "all");
   TrainableSet ts;
-  if (!parse_trainable_set(c.trainable, &ts)) o.fail("trainable", "must be cross_attn, encoder, cross_attn,encoder or all");
+  if (!parse_trainable_set(c.trainable, &ts)) o.fail("trainable", "must be " + trainable_set_names());
   {
     Obj d = o.sub("data");
     c.data.train = parse_streams(d, "train");
