@@ -24,7 +24,7 @@
 #              steps, encoder frozen): pass keys 95% / 90% at 4k / 16k tokens, as recipe v11 (warmup 1100, cepe 600,
 #              cepe-long 800 steps with the encoder trained: 95% / 85%) in half its time (115 min for the whole run,
 #              v11 3.7 h); at 16k, v11's cepe-long 100 / 200 / 400 / 800 steps gave 45% / 55% / 70% / 85%
-#   export-long  cepe-long's checkpoint exported in BF16 (recipe v12's model, as shipped before v13): where the
+#   export-long  cepe-long's checkpoint exported in BF16 (recipe v12's model, shipped before v15): where the
 #              next stage starts
 #   keys       copy precision: retrieval documents of 512 context tokens (4 chunks) dense with needles (a pass key,
 #              up to 6 facts and 8 labelled keys, all asked for in the decoder part; data/synth-dense.tokens), 3 of 4
@@ -35,25 +35,24 @@
 #              16k tokens (`cepe passkey --context-tokens 16384 --trials 20 --seed 1`, v12 90%): 98% after 800
 #              steps (100/95/100/100/95 by depth); 400 steps gave 98% on other keys. It costs CEPE perplexity at
 #              8192 tokens (2-15% above v12's, the 8-window check of `evaluate`)
-#   cepe-long2 cepe-long again, 400 steps at lr 3e-4 from keys (fresh 16k retrieval documents,
-#              data/synth-16k-2.tokens), to bring long-context perplexity back. Measured after keys 800 (pass keys at
-#              16k, 20 per depth, seeds 1 / 2; CEPE perplexity, 16 windows per domain, context 0..8192):
-#              200 steps: 97% (100/95/95/100/95) / 98% (95/95/100/100/100), v12 90% / 91%; 400 steps: 97%
-#              (100/90/100/100/95) / 98% (100/95/100/95/100). Perplexity is lower than v12's from 256 to 1024
-#              context tokens (code 52.7 / 48.6 / 46.0 against 54.6 / 49.5 / 45.6; docs 67.8 / 62.2 / 57.5 against
-#              74.2 / 66.1 / 58.4) but higher at 8192 (science 60.3 against 58.3, code 44.3 against 42.6), and no
-#              longer falls at every step: 400 steps fall monotonically on science only (math 47.9 -> 48.3 and
-#              code 44.7 -> 45.2 from 2048 to 4096), 200 steps on none. So recipe v13 is not shipped: it meets
-#              the pass-key target, v12 the perplexity one. Keys alone, 400 steps from v12, cross-attention only
-#              (the encoder frozen): pass keys 89% / 93% (seeds 1 / 2), perplexity falling on science and code
-#              only; the encoder only (`"trainable": "encoder"`): 92% / 89%, falling on science only; both worse
-#              than v12 at 8192 tokens (science 62.8 / 62.9 against 58.3). v13's pass keys need both trained
+#   cepe-long2 cepe-long again with the encoder trained too, 400 steps at lr 3e-4 from keys (fresh 16k retrieval
+#              documents, data/synth-16k-2.tokens): long-context perplexity back after keys, and the encoder re-tuned
+#              for 128 chunks (~9.5 s/step on 2 cores, ~63 min). The shipped model, recipe v15. Measured (pass keys
+#              at 16k, 20 per depth, seeds 1 / 2; CEPE perplexity, 16 windows per domain, context 0..8192):
+#              v15 99% (100/95/100/100/100) / 99% (100/95/100/100/100), perplexity falling at every step on
+#              books, science, math and docs, and lower than v12's at 8192 on all five domains (science 56.2
+#              against 58.3, math 42.4 against 44.5, code 41.5 against 42.6). With cross-attention only here
+#              (recipe v13): 97% / 98% but perplexity falling at every step on science only (math 47.9 -> 48.3
+#              and code 44.7 -> 45.2 from 2048 to 4096) and higher than v12's at 8192 (science 60.3). Keys alone,
+#              400 steps from v12, cross-attention only: pass keys 89% / 93%, the encoder only (`"trainable":
+#              "encoder"`): 92% / 89%; both worse than v12 at 8192 tokens (science 62.8 / 62.9). The pass keys
+#              need keys to train both, and the perplexity needs cepe-long2 to train both
 #   export     the final checkpoint (cepe-long2) in BF16 with its tokenizer -> OUT (default models/cepe-tiny), plus training.json
 #              (every stage's steps, time and losses) and the training curves
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains, 64 windows) -> OUT/heldout-perplexity.json;
 #              compared with the shipped model's (models/cepe-tiny) when OUT is another folder: the reproduction check
-#              (pooled over the domains, limit 2%). The shipped model is recipe v12, so check it with
-#              OUT=$WORK/export-long (measured: +1.84% / +1.22% / +0.24% at 0 / 2048 / 8192 context tokens)
+#              (pooled over the domains, limit 2%). Recipe v12 (OUT=$WORK/export-long, shipped before v15) was
+#              reproduced within +1.84% / +1.22% / +0.24% at 0 / 2048 / 8192 context tokens
 #
 #   scripts/make-default-model.sh [STAGE...]      (default: all, in order)
 #
@@ -130,7 +129,7 @@ synth() {
 # checkpoint_of NAME: the last checkpoint of configs/cepe-tiny/NAME.json's run
 checkpoint_of() { echo "runs/$1/checkpoint-$(json "$CFG/$1.json" '["steps"]')"; }
 
-export_long() {  # cepe-long's result in BF16, as recipe v12 shipped it: the keys stage starts from it
+export_long() {  # cepe-long's result in BF16 (recipe v12): the keys stage starts from it
   local final; final=$(checkpoint_of cepe-long)
   if [ -f export-long/model.safetensors ]; then log "export-long: kept"; return; fi
   [ -f "$final/trainer_state.json" ] || { echo "error: $final not found (run the cepe-long stage first)" >&2; exit 1; }

@@ -104,7 +104,7 @@ WHAT = {
     'cepe': 'preceding text (filtered; half of it 1-16 chunks), concatenated documents, half retrieval data; cross-attention + encoder',
     'cepe-long': 'the same at 64x the window (16384-token contexts, a quarter of the text 1-128 chunks); cross-attention only, the encoder frozen',
     'keys': 'copy precision: 512-token contexts dense with needles (pass key, facts, labelled keys, each asked for), 3 of 4 samples; the rest preceding text; cross-attention + encoder; starts from cepe-long exported in BF16',
-    'cepe-long2': 'cepe-long again (fresh 16k retrieval documents, lr 3e-4): long-context perplexity back after keys; cross-attention only',
+    'cepe-long2': 'cepe-long again (fresh 16k retrieval documents, lr 3e-4): long-context perplexity back after keys; cross-attention + encoder',
 }
 
 
