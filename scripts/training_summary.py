@@ -3,8 +3,9 @@
 
   training_summary.py WORK CONFIG_DIR         JSON on stdout: every stage's steps, training time, tokens, final
                                               train loss (mean of the last 50 steps) and held-out evals
-  training_summary.py --compare A.json B.json held-out perplexities (cepe perplexity --json) of two models, row by
-                                              row; exit status 1 when any differs by more than 2%
+  training_summary.py --compare A.json B.json held-out perplexities (cepe perplexity --json) of two models, pooled
+                                              over the sources at each (protocol, context); exit status 1 when any
+                                              differs by more than 2%, or when rows are missing or score other tokens
   training_summary.py --table TRAINING.json   the model card's stage table (Markdown) from a training record
 """
 import json
