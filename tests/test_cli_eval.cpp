@@ -3,6 +3,8 @@
 // `cepe data synth`, `cepe export`, `cepe demo`, and their clean errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -202,6 +204,13 @@ TEST_F(CliEval, DemoRunsEveryPartOnAHeldOutFolder) {
     EXPECT_TRUE(fs::exists(path("demo") + "/" + f)) << f;
   for (const char* s : {"== 1/4", "== 2/4", "== 3/4", "== 4/4", "with the document as context", "Plots:"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
+  // Every cell scores the same tokens, as many per window as RePlug allows (its chunk precedes the last D - C tokens).
+  const json rows = json::parse(read_text(path("demo") + "/perplexity.json"));
+  ASSERT_FALSE(rows.empty());
+  const int64_t D = rows[0]["decoder_tokens"], C = rows[0]["chunk_len"];
+  EXPECT_EQ(rows[0]["protocol"], "cepe");
+  EXPECT_EQ(rows[0]["eval_window"], std::min(D / 2, D - C - 1));
+  for (const auto& row : rows) EXPECT_EQ(row["scored_tokens"], rows[0]["scored_tokens"]) << row.dump();
   // Every fact is hidden once and asked for once, then the tally.
   for (const char* s : {"The capital of Ghana is Accra.", "The capital of Peru is Lima.", "The capital of Chad is N'Djamena.",
                         "3 facts hidden in it", " of 3 with the document as context"})
