@@ -52,7 +52,10 @@
 #   evaluate   held-out perplexity of OUT (cepe perplexity, 5 domains, 64 windows) -> OUT/heldout-perplexity.json;
 #              compared with the shipped model's (models/cepe-tiny) when OUT is another folder: the reproduction check
 #              (pooled over the domains, limit 2%). Recipe v12 (OUT=$WORK/export-long, shipped before v15) was
-#              reproduced within +1.84% / +1.22% / +0.24% at 0 / 2048 / 8192 context tokens
+#              reproduced within +1.84% / +1.22% / +0.24% at 0 / 2048 / 8192 context tokens, and v15 (the
+#              same run continued) within +1.84% / +1.99% / +1.07%. On one 2-core AVX2-only EPYC the stages
+#              take about 245 min in all (decoder 33, mlm 5, warmup 12, cepe 35, cepe-long 53, keys 47,
+#              cepe-long2 60), above 4 hours; the Zen 4 machine ran decoder..cepe-long in 112 min against 138
 #
 #   scripts/make-default-model.sh [STAGE...]      (default: all, in order)
 #
